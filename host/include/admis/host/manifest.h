@@ -1,0 +1,83 @@
+#pragma once
+// Manifests: YAML files naming, for each stage, the plugins for its roles and their
+// parameters (DESIGN.md section 5).
+//
+//   version: 1
+//   output_dir: runs/example      # relative to the manifest's folder
+//   seed: 0
+//   plugin_paths: [my_plugins/]   # extra plugin folders or libraries
+//   stages:
+//     - name: logits
+//       stage: forward
+//       plugin: {kind: head, plugin: arcface, params: {in_features: 64}, weights: w.safetensors}
+//       inputs: inputs.safetensors
+//
+// Stage keys are declared with the same ParamSpec schema as plugin parameters, a role
+// being a Plugin-typed key, so one validator serves both.
+
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "admis/host/registry.h"
+#include "admis/host/runtime.h"
+
+namespace admis::host {
+
+struct StageContext {
+  Runtime& runtime;
+  std::string stage_name;
+  std::string output_dir;  // this stage's folder: <manifest output_dir>/<stage name>
+  bool force = false;
+};
+
+struct StageType {
+  std::string name;
+  std::string summary;
+  std::vector<ParamSpec> keys;
+  std::function<void(const Params& keys, StageContext& context)> run;
+};
+
+const std::vector<StageType>& stage_types();
+const StageType& find_stage_type(const std::string& name, const std::string& where);
+
+struct ResolvedStage {
+  std::string name;
+  const StageType* type = nullptr;
+  Params keys;
+  std::string where;  // "file:line"
+};
+
+struct Manifest {
+  std::string path;
+  std::string dir;
+  std::string output_dir;
+  std::uint64_t seed = 0;
+  std::vector<std::string> plugin_paths;
+  std::vector<ResolvedStage> stages;
+};
+
+// Reads the YAML file and applies --set overrides "a.b.c=value" (value parsed as YAML;
+// sequence elements addressed by index or, for stages, by their name).
+YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::string>& overrides);
+// The plugin folders a manifest asks for (resolved), needed before validation.
+std::vector<std::string> manifest_plugin_paths(const YAML::Node& root, const std::string& path);
+// Validates everything against the stage and plugin schemas; errors name file:line, the
+// stage, the plugin and the key, with the closest valid key.
+Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const Registry& registry);
+// The manifest with every default filled in, as YAML text.
+std::string resolved_manifest_yaml(const Manifest& manifest);
+void run_manifest(const Manifest& manifest, Runtime& runtime, bool force);
+
+// YAML -> typed Value for one declared parameter (nested plugins validated recursively).
+Value yaml_to_value(const YAML::Node& node, const ParamSpec& spec, const Registry& registry, const std::string& file);
+// Parses "key=value" pairs (value as YAML) into raw values for a plugin's schema.
+std::map<std::string, Value> parse_set_options(const std::vector<std::string>& sets, const std::vector<ParamSpec>& schema,
+                                               const Registry& registry, const std::string& owner);
+
+// Writes `text` to `path` atomically (temporary file in the same folder, then rename).
+void write_file_atomic(const std::string& path, const std::string& text);
+
+}  // namespace admis::host

@@ -1,0 +1,411 @@
+#include "admis/host/manifest.h"
+
+#include <boost/filesystem.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <set>
+
+#include "admis/host/text.h"
+
+namespace fs = boost::filesystem;
+
+namespace admis::host {
+
+namespace {
+
+std::string line_of(const std::string& file, const YAML::Node& node) {
+  const YAML::Mark mark = node.Mark();
+  if (mark.is_null()) return file;
+  return fmt::format("{}:{}", file, mark.line + 1);
+}
+
+template <class T>
+bool parse_number(const std::string& text, T& out) {
+  if (text.empty()) return false;
+  try {
+    std::size_t used = 0;
+    if constexpr (std::is_same_v<T, std::int64_t>) out = std::stoll(text, &used);
+    else out = std::stod(text, &used);
+    return used == text.size();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+Value scalar_to_value(const YAML::Node& node, ParamType type, const std::string& name, const std::string& where) {
+  auto wrong = [&](const char* expected) {
+    return Error(where, fmt::format("'{}' must be {}, got '{}'", name, expected,
+                                    node.IsScalar() ? node.Scalar() : std::string(node.IsSequence() ? "a list" : "a map")));
+  };
+  if (!node.IsScalar()) throw wrong(to_string(type));
+  const std::string& text = node.Scalar();
+  switch (type) {
+    case ParamType::Bool: {
+      if (text == "true" || text == "True" || text == "yes") return Value(true);
+      if (text == "false" || text == "False" || text == "no") return Value(false);
+      throw wrong("bool (true or false)");
+    }
+    case ParamType::Int: {
+      std::int64_t i = 0;
+      if (parse_number(text, i)) return Value(i);
+      throw wrong("int");
+    }
+    case ParamType::Float: {
+      double d = 0;
+      if (parse_number(text, d)) return Value(d);
+      throw wrong("float");
+    }
+    default:
+      return Value(text);
+  }
+}
+
+ParamType element_type(ParamType list) {
+  switch (list) {
+    case ParamType::BoolList: return ParamType::Bool;
+    case ParamType::IntList: return ParamType::Int;
+    case ParamType::FloatList: return ParamType::Float;
+    case ParamType::StringList: return ParamType::String;
+    case ParamType::PathList: return ParamType::Path;
+    default: return list;
+  }
+}
+
+std::string stage_label(const ResolvedStage& s) { return fmt::format("stage '{}' ({})", s.name, s.type->name); }
+
+}  // namespace
+
+Value yaml_to_value(const YAML::Node& node, const ParamSpec& spec, const Registry& registry, const std::string& file) {
+  const std::string where = line_of(file, node);
+  if (node.IsNull()) return Value();
+  Value value;
+  if (spec.type == ParamType::Plugin) {
+    if (!node.IsMap())
+      throw Error(where, fmt::format("'{}' must be a plugin map such as {{plugin: NAME, params: {{...}}}}", spec.name));
+    static const std::vector<std::string> allowed = {"kind", "plugin", "params", "weights"};
+    for (const auto& item : node) {
+      const std::string key = item.first.Scalar();
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+        throw Error(line_of(file, item.first), fmt::format("unknown key '{}' in plugin '{}'{}; keys are: {}", key,
+                                                           spec.name, did_you_mean(key, allowed), join(allowed, ", ")));
+    }
+    auto nested = std::make_shared<PluginSpec>();
+    nested->kind = node["kind"] ? node["kind"].Scalar() : spec.plugin_kind;
+    if (nested->kind.empty())
+      throw Error(where, fmt::format("'{}' must say which kind of plugin it names (kind: backbone, head, ...)", spec.name));
+    if (!node["plugin"]) throw Error(where, fmt::format("'{}' must name its plugin (plugin: NAME)", spec.name));
+    nested->name = node["plugin"].Scalar();
+    const RegisteredPlugin* plugin = nullptr;
+    try {
+      plugin = &registry.get(parse_kind(nested->kind), nested->name);
+    } catch (const Error& e) {
+      throw Error(line_of(file, node["plugin"]), e.what());
+    }
+    const std::string owner = fmt::format("{}/{}", nested->kind, nested->name);
+    if (YAML::Node params = node["params"]) {
+      if (!params.IsMap()) throw Error(line_of(file, params), fmt::format("{}: 'params' must be a map", owner));
+      std::vector<std::string> declared;
+      for (const auto& s : plugin->factory->params) declared.push_back(s.name);
+      for (const auto& item : params) {
+        const std::string key = item.first.Scalar();
+        auto it = std::find_if(plugin->factory->params.begin(), plugin->factory->params.end(),
+                               [&](const ParamSpec& s) { return s.name == key; });
+        if (it == plugin->factory->params.end())
+          throw Error(line_of(file, item.first),
+                      fmt::format("{}: unknown parameter '{}'{}; parameters are: {}", owner, key,
+                                  did_you_mean(key, declared), declared.empty() ? "(none)" : join(declared, ", ")));
+        nested->params[key] = yaml_to_value(item.second, *it, registry, file);
+        if (!nested->params[key].empty())
+          validate_value(*it, nested->params[key], line_of(file, item.second) + ": " + owner);
+      }
+    }
+    if (node["weights"]) nested->weights = node["weights"].Scalar();
+    value = Value(std::shared_ptr<const PluginSpec>(nested));
+  } else if (is_list(spec.type)) {
+    if (!node.IsSequence()) throw Error(where, fmt::format("'{}' must be a list, e.g. [a, b]", spec.name));
+    const ParamType et = element_type(spec.type);
+    std::vector<bool> bools;
+    std::vector<std::int64_t> ints;
+    std::vector<double> floats;
+    std::vector<std::string> strings;
+    for (const auto& item : node) {
+      Value v = scalar_to_value(item, et, spec.name, line_of(file, item));
+      if (et == ParamType::Bool) bools.push_back(v.as<bool>());
+      else if (et == ParamType::Int) ints.push_back(v.as<std::int64_t>());
+      else if (et == ParamType::Float) floats.push_back(v.as<double>());
+      else strings.push_back(v.as<std::string>());
+    }
+    if (et == ParamType::Bool) value = Value(bools);
+    else if (et == ParamType::Int) value = Value(ints);
+    else if (et == ParamType::Float) value = Value(floats);
+    else value = Value(strings);
+  } else {
+    value = scalar_to_value(node, spec.type, spec.name, where);
+  }
+  return value;
+}
+
+std::map<std::string, Value> parse_set_options(const std::vector<std::string>& sets, const std::vector<ParamSpec>& schema,
+                                               const Registry& registry, const std::string& owner) {
+  std::vector<std::string> declared;
+  for (const auto& s : schema) declared.push_back(s.name);
+  std::map<std::string, Value> out;
+  for (const auto& set : sets) {
+    auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw Error("--set " + set, "expected key=value, e.g. --set margin=0.4 or --set channel_multipliers=[1,2,2]");
+    const std::string key = set.substr(0, eq);
+    auto it = std::find_if(schema.begin(), schema.end(), [&](const ParamSpec& s) { return s.name == key; });
+    if (it == schema.end())
+      throw Error(owner, fmt::format("unknown parameter '{}' in --set{}; parameters are: {}", key,
+                                     did_you_mean(key, declared), declared.empty() ? "(none)" : join(declared, ", ")));
+    YAML::Node node;
+    try {
+      node = YAML::Load(set.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw Error("--set " + set, fmt::format("value is not valid YAML: {}", e.msg));
+    }
+    out[key] = yaml_to_value(node, *it, registry, "--set " + key);
+  }
+  return out;
+}
+
+YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::string>& overrides) {
+  if (!fs::exists(path)) throw Error(path, "manifest not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw Error(fmt::format("{}:{}", path, e.mark.line + 1), fmt::format("invalid YAML: {}", e.msg));
+  }
+  if (!root.IsMap()) throw Error(path, "a manifest must be a YAML map with at least 'stages'");
+
+  for (const auto& set : overrides) {
+    auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw Error("--set " + set, "expected key.path=value, e.g. --set stages.logits.plugin.params.margin=0.4");
+    const std::vector<std::string> parts = split(set.substr(0, eq), '.');
+    YAML::Node value;
+    try {
+      value = YAML::Load(set.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      throw Error("--set " + set, fmt::format("value is not valid YAML: {}", e.msg));
+    }
+    YAML::Node cur = root;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const std::string& part = parts[i];
+      const bool last = i + 1 == parts.size();
+      if (cur.IsSequence()) {
+        YAML::Node found;
+        bool ok = false;
+        std::int64_t index = -1;
+        if (parse_number(part, index) && index >= 0 && static_cast<std::size_t>(index) < cur.size()) {
+          found.reset(cur[static_cast<std::size_t>(index)]);
+          ok = true;
+        } else {
+          for (auto item : cur)
+            if (item.IsMap() && item["name"] && item["name"].Scalar() == part) {
+              found.reset(item);
+              ok = true;
+            }
+        }
+        if (!ok) throw Error("--set " + set, fmt::format("no element '{}' (an index or a stage name) in the list", part));
+        if (last) throw Error("--set " + set, "cannot replace a whole list element; set one of its keys");
+        cur.reset(found);
+      } else {
+        if (!cur.IsMap() && !cur.IsNull())
+          throw Error("--set " + set, fmt::format("'{}' is inside a value that is not a map", part));
+        if (last) {
+          cur[part] = value;
+        } else {
+          YAML::Node next = cur[part];
+          cur.reset(next);
+        }
+      }
+    }
+  }
+  return root;
+}
+
+std::vector<std::string> manifest_plugin_paths(const YAML::Node& root, const std::string& path) {
+  std::vector<std::string> out;
+  const fs::path dir = fs::absolute(fs::path(path)).parent_path();
+  if (YAML::Node paths = root["plugin_paths"]) {
+    if (!paths.IsSequence()) throw Error(line_of(path, paths), "'plugin_paths' must be a list of folders or libraries");
+    for (const auto& p : paths) {
+      fs::path f(p.Scalar());
+      out.push_back((f.is_absolute() ? f : dir / f).lexically_normal().string());
+    }
+  }
+  return out;
+}
+
+Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const Registry& registry) {
+  Manifest m;
+  m.path = fs::absolute(path).lexically_normal().string();
+  m.dir = fs::path(m.path).parent_path().string();
+  static const std::vector<std::string> top_keys = {"version", "output_dir", "seed", "plugin_paths", "stages"};
+  for (const auto& item : root) {
+    const std::string key = item.first.Scalar();
+    if (std::find(top_keys.begin(), top_keys.end(), key) == top_keys.end())
+      throw Error(line_of(path, item.first), fmt::format("unknown top-level key '{}'{}; keys are: {}", key,
+                                                         did_you_mean(key, top_keys), join(top_keys, ", ")));
+  }
+  if (YAML::Node v = root["version"]) {
+    if (!v.IsScalar() || v.Scalar() != "1")
+      throw Error(line_of(path, v), fmt::format("manifest version '{}' is not supported; this admis reads version 1",
+                                                v.IsScalar() ? v.Scalar() : "?"));
+  }
+  const std::string stem = fs::path(path).stem().string();
+  std::string out = root["output_dir"] ? root["output_dir"].Scalar() : "runs/" + stem;
+  m.output_dir = (fs::path(out).is_absolute() ? fs::path(out) : fs::path(m.dir) / out).lexically_normal().string();
+  if (YAML::Node s = root["seed"]) {
+    Value v = scalar_to_value(s, ParamType::Int, "seed", line_of(path, s));
+    m.seed = static_cast<std::uint64_t>(v.as<std::int64_t>());
+  }
+  m.plugin_paths = manifest_plugin_paths(root, path);
+
+  YAML::Node stages = root["stages"];
+  if (!stages || !stages.IsSequence() || stages.size() == 0)
+    throw Error(path, "'stages' must be a non-empty list of stages");
+  std::set<std::string> names;
+  std::vector<std::string> type_names;
+  for (const auto& t : stage_types()) type_names.push_back(t.name);
+  for (const auto& node : stages) {
+    const std::string where = line_of(path, node);
+    if (!node.IsMap()) throw Error(where, "each stage must be a map with 'name' and 'stage'");
+    if (!node["stage"]) throw Error(where, fmt::format("stage has no 'stage' key; stage types are: {}", join(type_names, ", ")));
+    ResolvedStage rs;
+    rs.where = where;
+    rs.type = &find_stage_type(node["stage"].Scalar(), line_of(path, node["stage"]));
+    rs.name = node["name"] ? node["name"].Scalar() : rs.type->name;
+    if (!names.insert(rs.name).second)
+      throw Error(where, fmt::format("two stages are named '{}'; give each stage a distinct 'name'", rs.name));
+    std::vector<std::string> declared = {"name", "stage"};
+    for (const auto& k : rs.type->keys) declared.push_back(k.name);
+    std::map<std::string, Value> raw;
+    const std::string owner = fmt::format("stage '{}' ({})", rs.name, rs.type->name);
+    for (const auto& item : node) {
+      const std::string key = item.first.Scalar();
+      if (key == "name" || key == "stage") continue;
+      auto it = std::find_if(rs.type->keys.begin(), rs.type->keys.end(), [&](const ParamSpec& s) { return s.name == key; });
+      if (it == rs.type->keys.end())
+        throw Error(line_of(path, item.first), fmt::format("{}: unknown key '{}'{}; keys are: {}", owner, key,
+                                                           did_you_mean(key, declared), join(declared, ", ")));
+      raw[key] = yaml_to_value(item.second, *it, registry, path);
+      if (!raw[key].empty()) raw[key] = validate_value(*it, raw[key], line_of(path, item.second) + ": " + owner);
+    }
+    rs.keys = registry.complete(rs.type->keys, owner, raw, m.dir, where);
+    m.stages.push_back(std::move(rs));
+  }
+  return m;
+}
+
+namespace {
+
+void emit_value(YAML::Emitter& e, const Value& v);
+
+void emit_plugin(YAML::Emitter& e, const PluginSpec& p) {
+  e << YAML::BeginMap << YAML::Key << "kind" << YAML::Value << p.kind << YAML::Key << "plugin" << YAML::Value << p.name;
+  e << YAML::Key << "params" << YAML::Value << YAML::BeginMap;
+  for (const auto& [k, v] : p.params) {
+    e << YAML::Key << k << YAML::Value;
+    emit_value(e, v);
+  }
+  e << YAML::EndMap;
+  if (!p.weights.empty()) e << YAML::Key << "weights" << YAML::Value << p.weights;
+  e << YAML::EndMap;
+}
+
+void emit_value(YAML::Emitter& e, const Value& v) {
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, std::monostate>) e << YAML::Null;
+        else if constexpr (std::is_same_v<T, std::shared_ptr<const PluginSpec>>) emit_plugin(e, *x);
+        else if constexpr (std::is_same_v<T, std::vector<bool>>) {
+          e << YAML::Flow << YAML::BeginSeq;
+          for (bool b : x) e << b;
+          e << YAML::EndSeq;
+        } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>> || std::is_same_v<T, std::vector<double>> ||
+                             std::is_same_v<T, std::vector<std::string>>) {
+          e << YAML::Flow << YAML::BeginSeq;
+          for (const auto& item : x) e << item;
+          e << YAML::EndSeq;
+        } else if constexpr (std::is_same_v<T, std::string>) e << YAML::DoubleQuoted << x;
+        else e << x;
+      },
+      v.storage());
+}
+
+}  // namespace
+
+std::string resolved_manifest_yaml(const Manifest& m) {
+  YAML::Emitter e;
+  e << YAML::Comment(fmt::format("resolved from {}: every default filled in, paths absolute", m.path));
+  e << YAML::BeginMap;
+  e << YAML::Key << "version" << YAML::Value << 1;
+  e << YAML::Key << "output_dir" << YAML::Value << m.output_dir;
+  e << YAML::Key << "seed" << YAML::Value << m.seed;
+  e << YAML::Key << "plugin_paths" << YAML::Value << YAML::Flow << m.plugin_paths;
+  e << YAML::Key << "stages" << YAML::Value << YAML::BeginSeq;
+  for (const auto& s : m.stages) {
+    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name << YAML::Key << "stage" << YAML::Value
+      << s.type->name;
+    for (const auto& [k, v] : s.keys.values()) {
+      e << YAML::Key << k << YAML::Value;
+      emit_value(e, v);
+    }
+    e << YAML::EndMap;
+  }
+  e << YAML::EndSeq << YAML::EndMap;
+  return std::string(e.c_str()) + "\n";
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const fs::path target(path);
+  if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
+  const std::string tmp = fmt::format("{}.tmp-{}", path, ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(path, "cannot open for writing");
+    out << text;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw Error(path, "write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(path, "cannot move the finished file into place");
+  }
+}
+
+void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
+  fs::create_directories(m.output_dir);
+  write_file_atomic((fs::path(m.output_dir) / "manifest.resolved.yaml").string(), resolved_manifest_yaml(m));
+  const std::size_t n = m.stages.size();
+  for (std::size_t i = 0; i < n; ++i) {
+    const ResolvedStage& s = m.stages[i];
+    StageContext ctx{runtime, s.name, (fs::path(m.output_dir) / s.name).string(), force};
+    fs::create_directories(ctx.output_dir);
+    std::cerr << fmt::format("[{}/{}] {} ...", i + 1, n, stage_label(s)) << std::endl;
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      s.type->run(s.keys, ctx);
+    } catch (const std::exception& e) {
+      throw Error(fmt::format("{} {}", s.where, stage_label(s)), describe(e));
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, stage_label(s), seconds, ctx.output_dir)
+              << std::endl;
+  }
+}
+
+}  // namespace admis::host

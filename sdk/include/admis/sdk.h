@@ -1,0 +1,8 @@
+#pragma once
+// Everything a plugin author needs: include this one header.
+#include "admis/sdk/error.h"
+#include "admis/sdk/host.h"
+#include "admis/sdk/kinds.h"
+#include "admis/sdk/params.h"
+#include "admis/sdk/plugin.h"
+#include "admis/sdk/version.h"
