@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <set>
 
 #include "admis/host/text.h"
@@ -345,6 +346,54 @@ void emit_value(YAML::Emitter& e, const Value& v) {
 
 }  // namespace
 
+namespace {
+
+void emit_stage(YAML::Emitter& e, const ResolvedStage& s) {
+  e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name << YAML::Key << "stage" << YAML::Value
+    << s.type->name;
+  for (const auto& [k, v] : s.keys.values()) {
+    e << YAML::Key << k << YAML::Value;
+    emit_value(e, v);
+  }
+  e << YAML::EndMap;
+}
+
+// Every string a stage's values hold that names an existing file (inputs, weights, ...).
+void collect_files(const Value& v, std::vector<std::string>& files) {
+  auto consider = [&](const std::string& text) {
+    boost::system::error_code ec;
+    if (!text.empty() && fs::is_regular_file(text, ec)) files.push_back(text);
+  };
+  if (v.holds<std::string>()) consider(v.as<std::string>());
+  if (v.holds<std::vector<std::string>>())
+    for (const auto& t : v.as<std::vector<std::string>>()) consider(t);
+  if (v.holds<std::shared_ptr<const PluginSpec>>()) {
+    const PluginSpec& p = *v.as<std::shared_ptr<const PluginSpec>>();
+    consider(p.weights);
+    for (const auto& [k, inner] : p.params) collect_files(inner, files);
+  }
+}
+
+// What a stage's result depends on: its resolved keys, the seed, and the size and time of
+// every file it names. A finished stage whose fingerprint still matches is not run again.
+std::string stage_fingerprint(const ResolvedStage& s, std::uint64_t seed) {
+  YAML::Emitter e;
+  emit_stage(e, s);
+  std::string text = fmt::format("seed: {}\n{}\n", seed, e.c_str());
+  std::vector<std::string> files;
+  for (const auto& [k, v] : s.keys.values()) collect_files(v, files);
+  for (const auto& f : files)
+    text += fmt::format("file {} {} {}\n", f, fs::file_size(f), static_cast<long long>(fs::last_write_time(f)));
+  return text;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
 std::string resolved_manifest_yaml(const Manifest& m) {
   YAML::Emitter e;
   e << YAML::Comment(fmt::format("resolved from {}: every default filled in, paths absolute", m.path));
@@ -354,15 +403,7 @@ std::string resolved_manifest_yaml(const Manifest& m) {
   e << YAML::Key << "seed" << YAML::Value << m.seed;
   e << YAML::Key << "plugin_paths" << YAML::Value << YAML::Flow << m.plugin_paths;
   e << YAML::Key << "stages" << YAML::Value << YAML::BeginSeq;
-  for (const auto& s : m.stages) {
-    e << YAML::BeginMap << YAML::Key << "name" << YAML::Value << s.name << YAML::Key << "stage" << YAML::Value
-      << s.type->name;
-    for (const auto& [k, v] : s.keys.values()) {
-      e << YAML::Key << k << YAML::Value;
-      emit_value(e, v);
-    }
-    e << YAML::EndMap;
-  }
+  for (const auto& s : m.stages) emit_stage(e, s);
   e << YAML::EndSeq << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }
@@ -391,9 +432,20 @@ void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
   fs::create_directories(m.output_dir);
   write_file_atomic((fs::path(m.output_dir) / "manifest.resolved.yaml").string(), resolved_manifest_yaml(m));
   const std::size_t n = m.stages.size();
+  // Once a stage runs, every later stage runs too: its inputs may have changed.
+  bool upstream_ran = force;
   for (std::size_t i = 0; i < n; ++i) {
     const ResolvedStage& s = m.stages[i];
     StageContext ctx{runtime, s.name, (fs::path(m.output_dir) / s.name).string(), force};
+    const std::string stamp = (fs::path(ctx.output_dir) / kStageDoneFile).string();
+    const std::string fingerprint = stage_fingerprint(s, m.seed);
+    if (!upstream_ran && fs::exists(stamp) && read_text(stamp) == fingerprint) {
+      std::cerr << fmt::format("[{}/{}] {} already done, kept (--force recomputes)", i + 1, n, stage_label(s))
+                << std::endl;
+      continue;
+    }
+    upstream_ran = true;
+    fs::remove(stamp);
     fs::create_directories(ctx.output_dir);
     std::cerr << fmt::format("[{}/{}] {} ...", i + 1, n, stage_label(s)) << std::endl;
     const auto start = std::chrono::steady_clock::now();
@@ -402,6 +454,7 @@ void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
     } catch (const std::exception& e) {
       throw Error(fmt::format("{} {}", s.where, stage_label(s)), describe(e));
     }
+    write_file_atomic(stamp, fingerprint);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, stage_label(s), seconds, ctx.output_dir)
               << std::endl;

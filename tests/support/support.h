@@ -38,6 +38,22 @@ std::shared_ptr<T> create(Kind kind, const std::string& name, const std::map<std
 // max|actual - expected| <= tolerance; prints the worst difference on failure.
 ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance);
 
+// Runs `f` and returns the admis::Error message it throws; fails the test when it throws
+// nothing or another exception.
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected admis::Error, got another exception: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "expected admis::Error, nothing was thrown";
+  return {};
+}
+
 // Runs `command` through /bin/sh, returning exit status and combined output.
 struct CommandResult {
   int status = -1;

@@ -136,14 +136,7 @@ INSTANTIATE_TEST_SUITE_P(Heads, HeadGolden, ::testing::ValuesIn(kHeads), test_na
 // ---------------------------------------------------------------------------------------
 // Input validation: errors name the head and say what is wrong.
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no admis::Error thrown)";
-}
+using admis::test::error_of;
 
 class HeadInputs : public ::testing::TestWithParam<std::string> {
  protected:

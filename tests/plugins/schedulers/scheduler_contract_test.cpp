@@ -16,14 +16,7 @@ using ::testing::HasSubstr;
 
 const std::vector<std::string> kSchedulers = {"ddpm", "ddim", "ddim-admis", "respaced-ddpm"};
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no admis::Error thrown)";
-}
+using admis::test::error_of;
 
 std::string creation_error(const std::string& name, const ParamMap& params) {
   return error_of([&] { make_scheduler(name, params); });

@@ -81,6 +81,23 @@ TEST(Cli, RunWritesOutputsAndResolvedManifest) {
   EXPECT_EQ(schedule.at("model_timesteps").size(0), 50);
   EXPECT_EQ(schedule.at("model_timesteps")[0].item<std::int64_t>(), 980);
   EXPECT_TRUE(fs::exists(out + "/adm-respaced-100/schedule.csv"));
+
+  // Running again keeps finished stages; a changed value re-runs its stage and the ones
+  // after it; --force re-runs everything.
+  const std::string base = admis_exe() + " run " + example("heads-and-schedulers.yaml") + " --set output_dir=" + out;
+  r = run_command(base);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[1/4] stage 'arcface-logits' (forward) already done, kept"));
+  EXPECT_THAT(r.output, HasSubstr("[4/4] stage 'adm-respaced-100' (schedule) already done, kept"));
+  r = run_command(base + " --set stages.ddim-admis-50.scheduler.params.num_inference_steps=25");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[2/4] stage 'curricularface-logits' (forward) already done, kept"));
+  EXPECT_THAT(r.output, HasSubstr("[3/4] stage 'ddim-admis-50' (schedule) done"));
+  EXPECT_THAT(r.output, HasSubstr("[4/4] stage 'adm-respaced-100' (schedule) done"));
+  EXPECT_EQ(admis::host::read_safetensors(out + "/ddim-admis-50/schedule.safetensors").at("model_timesteps").size(0), 25);
+  r = run_command(base + " --set stages.ddim-admis-50.scheduler.params.num_inference_steps=25 --force");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[1/4] stage 'arcface-logits' (forward) done"));
 }
 
 TEST(Cli, ForwardMatchesInProcessPluginWithWeights) {

@@ -37,21 +37,7 @@ inline void write_file_bytes(const std::string& path, const std::string& bytes) 
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// Runs `f` and returns the admis::Error message it throws; fails the test when it throws
-// nothing or something else.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const admis::Error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected admis::Error, got another exception: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "expected admis::Error, nothing was thrown";
-  return {};
-}
+using admis::test::error_of;
 
 // The dtype as Python prints it after "torch.".
 inline std::string dtype_string(torch::ScalarType dtype) {

@@ -69,7 +69,11 @@ std::vector<std::string> manifest_plugin_paths(const YAML::Node& root, const std
 Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const Registry& registry);
 // The manifest with every default filled in, as YAML text.
 std::string resolved_manifest_yaml(const Manifest& manifest);
+// Runs the stages in order. A stage that finished before with the same keys, seed and
+// input files (its fingerprint, kept in <stage folder>/.admis-stage-done) is kept, unless
+// `force`; once one stage runs, all later ones run too.
 void run_manifest(const Manifest& manifest, Runtime& runtime, bool force);
+inline constexpr const char* kStageDoneFile = ".admis-stage-done";
 
 // YAML -> typed Value for one declared parameter (nested plugins validated recursively).
 Value yaml_to_value(const YAML::Node& node, const ParamSpec& spec, const Registry& registry, const std::string& file);
