@@ -1,6 +1,8 @@
 // The `admis` command line: one function per command, Boost.Program_options for each.
 #include "admis/host/cli.h"
 
+#include "admis/host/commands.h"
+
 #include <boost/filesystem.hpp>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -20,6 +22,33 @@ namespace po = boost::program_options;
 namespace fs = boost::filesystem;
 
 namespace admis::host {
+
+po::options_description global_options(Globals& g) {
+  po::options_description d("global options");
+  d.add_options()("threads", po::value<int>(&g.settings.threads)->default_value(0), "intra-op threads (0: all cores)")(
+      "device", po::value<std::string>(&g.settings.device)->default_value("cpu"), "cpu or cuda[:N]")(
+      "seed", po::value<std::uint64_t>(&g.settings.seed)->default_value(0), "random seed")(
+      "plugin-path", po::value<std::vector<std::string>>(&g.plugin_paths)->composing(),
+      "extra plugin folder or library (repeatable)")("help,h", "show this help");
+  return d;
+}
+
+bool parse(const std::vector<std::string>& args, po::options_description& own, po::positional_options_description& pos,
+           Globals& g, po::variables_map& vm, const std::string& usage) {
+  po::options_description all;
+  all.add(own).add(global_options(g));
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
+    if (vm.count("help")) {
+      std::cout << usage << "\n\n" << own << "\n" << global_options(g) << std::endl;
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Error("admis", fmt::format("{}\n{}", e.what(), usage));
+  }
+  return true;
+}
 
 namespace {
 
@@ -41,39 +70,6 @@ global options (before or after the command):
   --plugin-path P  extra plugin folder or library (repeatable)
 
 `admis COMMAND --help` describes each command.)";
-
-struct Globals {
-  RunSettings settings;
-  std::vector<std::string> plugin_paths;
-};
-
-po::options_description global_options(Globals& g) {
-  po::options_description d("global options");
-  d.add_options()("threads", po::value<int>(&g.settings.threads)->default_value(0), "intra-op threads (0: all cores)")(
-      "device", po::value<std::string>(&g.settings.device)->default_value("cpu"), "cpu or cuda[:N]")(
-      "seed", po::value<std::uint64_t>(&g.settings.seed)->default_value(0), "random seed")(
-      "plugin-path", po::value<std::vector<std::string>>(&g.plugin_paths)->composing(),
-      "extra plugin folder or library (repeatable)")("help,h", "show this help");
-  return d;
-}
-
-// Parses the command's options (plus the globals) from args; returns false after --help.
-bool parse(const std::vector<std::string>& args, po::options_description& own, po::positional_options_description& pos,
-           Globals& g, po::variables_map& vm, const std::string& usage) {
-  po::options_description all;
-  all.add(own).add(global_options(g));
-  try {
-    po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
-    if (vm.count("help")) {
-      std::cout << usage << "\n\n" << own << "\n" << global_options(g) << std::endl;
-      return false;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw Error("admis", fmt::format("{}\n{}", e.what(), usage));
-  }
-  return true;
-}
 
 std::string param_default_text(const ParamSpec& s) {
   if (s.required()) return "(required)";

@@ -8,6 +8,7 @@
 
 #include "admis/host/forward.h"
 #include "admis/host/manifest.h"
+#include "admis/host/stages.h"
 #include "admis/host/text.h"
 #include "admis/host/weights.h"
 
@@ -60,21 +61,6 @@ StageType schedule_stage() {
                                  timesteps[-1].item<std::int64_t>())
                   << std::endl;
       }};
-}
-
-const std::vector<StageType>& stage_types() {
-  static const std::vector<StageType> types = {forward_stage(), schedule_stage()};
-  return types;
-}
-
-const StageType& find_stage_type(const std::string& name, const std::string& where) {
-  std::vector<std::string> names;
-  for (const auto& t : stage_types()) {
-    if (t.name == name) return t;
-    names.push_back(t.name);
-  }
-  throw Error(where, fmt::format("unknown stage type '{}'{}; stage types are: {}", name, did_you_mean(name, names),
-                                 join(names, ", ")));
 }
 
 }  // namespace admis::host

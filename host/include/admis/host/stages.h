@@ -1,0 +1,11 @@
+#pragma once
+// Stage types, one function each (host/src/stages/); stage_list.cpp collects them.
+
+#include "admis/host/manifest.h"
+
+namespace admis::host {
+
+StageType forward_stage();   // run one plugin on a tensor file
+StageType schedule_stage();  // tabulate a scheduler
+
+}  // namespace admis::host
