@@ -30,6 +30,21 @@ TEST(Cli, HelpAndUnknownCommand) {
   EXPECT_THAT(r.output, HasSubstr("manifest"));
 }
 
+TEST(Cli, BadGlobalOptionsAreRefused) {
+  const std::string forward = " forward head/arcface --in " + example("head_inputs.safetensors") + " --out /tmp/unused.safetensors";
+  auto r = run_command(admis_exe() + " --device tpu" + forward);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("--device: 'tpu' is not a device; use cpu or cuda[:N]"));
+  if (!torch::cuda::is_available()) {
+    r = run_command(admis_exe() + " --device cuda:0" + forward);
+    EXPECT_EQ(r.status, 1);
+    EXPECT_THAT(r.output, HasSubstr("'cuda:0' requested but this LibTorch has no usable CUDA device"));
+  }
+  r = run_command(admis_exe() + " --threads many plugins");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("threads"));
+}
+
 TEST(Cli, PluginsJsonListsParameters) {
   auto r = run_command(admis_exe() + " plugins --json 2>/dev/null");
   ASSERT_EQ(r.status, 0) << r.output;
