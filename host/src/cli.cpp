@@ -1,6 +1,8 @@
 // The `admis` command line: one function per command, Boost.Program_options for each.
 #include "admis/host/cli.h"
 
+#include "admis/host/bench.h"
+
 #include "admis/host/commands.h"
 
 #include <boost/filesystem.hpp>
@@ -11,11 +13,13 @@
 #include <iostream>
 
 #include "admis/host/conformance.h"
+#include "admis/host/convert.h"
 #include "admis/host/forward.h"
 #include "admis/host/manifest.h"
 #include "admis/host/registry.h"
 #include "admis/host/runtime.h"
 #include "admis/host/text.h"
+#include "admis/host/verification.h"
 #include "admis/host/weights.h"
 
 namespace po = boost::program_options;
@@ -62,6 +66,9 @@ commands:
   weights inspect FILE             keys, dtypes, shapes, parameter count
   weights convert IN OUT [--strip-prefix P]   any checkpoint -> safetensors
   check LIBRARY.so                 run the conformance suite on a plugin library
+  convert --from FMT:PATH --to FMT:PATH   copy a dataset between image-folder, tfrecord, recordio
+  eval --backbone NAME --weights W --data DIR   face verification on insightface .bin sets
+  bench [--backbone NAME ...]      backbone (+ head) throughput on this machine
 
 global options (before or after the command):
   --threads N      intra-op threads (default: all cores)
@@ -310,7 +317,10 @@ int run_cli(int argc, char** argv) {
     if (command == "forward") return cmd_forward(args, g);
     if (command == "weights") return cmd_weights(args, g);
     if (command == "check") return cmd_check(args, g);
-    static const std::vector<std::string> commands = {"plugins", "validate", "run", "forward", "weights", "check"};
+    if (command == "convert") return cmd_convert(args, g);
+    if (command == "eval") return cmd_eval(args, g);
+    if (command == "bench") return cmd_bench(args, g);
+    static const std::vector<std::string> commands = {"plugins", "validate", "run", "forward", "weights", "check", "bench", "eval", "convert"};
     std::cerr << fmt::format("admis: unknown command '{}'{}\n\n{}", command, did_you_mean(command, commands), kUsage)
               << std::endl;
     return 2;

@@ -37,6 +37,14 @@ std::string Registry::bundled_plugin_dir() {
 
 namespace {
 
+// Accepted plugin libraries stay loaded until the process ends (as LLVM's
+// getPermanentLibrary): exceptions, typeinfo and static data a plugin hands out may outlive
+// every object and registry that referred to it.
+std::vector<std::shared_ptr<boost::dll::shared_library>>& permanent_libraries() {
+  static auto* libraries = new std::vector<std::shared_ptr<boost::dll::shared_library>>();
+  return *libraries;
+}
+
 bool looks_like_library(const fs::path& p) {
   const std::string name = p.filename().string();
   return p.extension() == ".so" || name.find(".so.") != std::string::npos;
@@ -148,6 +156,7 @@ void Registry::load_library(const std::string& path) {
     const Factory& f = d->factories[i];
     plugins_[{f.kind, f.name}] = RegisteredPlugin{&f, info};
   }
+  permanent_libraries().push_back(lib);
   libraries_.push_back(info);
 }
 

@@ -6,7 +6,9 @@ class Mirror : public admis::Augmenter {
  public:
   admis::AugmenterScope scope() const override { return admis::AugmenterScope::Image; }
   torch::Tensor augment_image(const torch::Tensor& image, at::Generator&) override { return image.flip({1}); }
-  void augment_identity(admis::IdentitySamples&) override {}
+  void augment_identity(admis::IdentitySamples&) override {
+    throw admis::Error("augmenter/mirror-duplicate", "works on single images only");
+  }
 };
 }  // namespace
 

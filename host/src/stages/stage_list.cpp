@@ -8,7 +8,7 @@
 namespace admis::host {
 
 const std::vector<StageType>& stage_types() {
-  static const std::vector<StageType> types = {forward_stage(), schedule_stage()};
+  static const std::vector<StageType> types = {forward_stage(), schedule_stage(), train_recognition_stage(), evaluate_stage()};
   return types;
 }
 

@@ -133,6 +133,31 @@ TEST(Registry, CreatedObjectKeepsItsLibraryLoaded) {
   object.reset();
 }
 
+TEST(Registry, ExceptionsFromAPluginOutliveItsRegistry) {
+  // An admis::Error thrown by plugin code is often caught only after the command's
+  // registry is gone; the plugin library must still be there to destroy it.
+  std::exception_ptr error;
+  {
+    Registry r;
+    r.load_library(test_plugin("duplicate_a"));
+    admis::host::Runtime rt(r, {});
+    auto object = r.create(Kind::Augmenter, "mirror-duplicate", {}, rt);
+    admis::IdentitySamples identity;
+    try {
+      dynamic_cast<admis::Augmenter&>(*object).augment_identity(identity);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  ASSERT_TRUE(error);
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    EXPECT_THAT(std::string(e.what()), HasSubstr("augmenter/mirror-duplicate: works on single images only"));
+  }
+  error = nullptr;  // destroyed here, after the registry
+}
+
 TEST(Registry, ParseKindSuggests) {
   EXPECT_EQ(admis::host::parse_kind("context-source"), Kind::ContextSource);
   try {

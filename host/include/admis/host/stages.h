@@ -7,5 +7,7 @@ namespace admis::host {
 
 StageType forward_stage();   // run one plugin on a tensor file
 StageType schedule_stage();  // tabulate a scheduler
+StageType train_recognition_stage();  // train a face recognizer (train_recognition.h)
+StageType evaluate_stage();  // face verification on insightface .bin sets
 
 }  // namespace admis::host

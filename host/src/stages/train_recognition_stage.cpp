@@ -1,0 +1,124 @@
+// The `train_recognition` stage: builds the backbone, head, dataset reader and augmenters
+// a manifest names and runs TFace-style training (train_recognition.h) into the stage folder.
+#include <boost/algorithm/string.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "admis/host/manifest.h"
+#include "admis/host/stages.h"
+#include "admis/host/train_recognition.h"
+
+namespace admis::host {
+
+namespace {
+
+// One `augmenters` entry: "NAME" or "NAME key=value key=value" (values as YAML, like --set).
+std::shared_ptr<Plugin> create_augmenter(const std::string& entry, Runtime& runtime, const std::string& where) {
+  std::vector<std::string> words;
+  const std::string trimmed = boost::algorithm::trim_copy(entry);
+  boost::algorithm::split(words, trimmed, boost::is_any_of(" \t"), boost::token_compress_on);
+  if (words.empty() || words[0].empty()) throw Error(where, "augmenters: empty entry");
+  const std::string owner = "augmenter/" + words[0];
+  const RegisteredPlugin& registered = runtime.registry().get(Kind::Augmenter, words[0]);
+  const std::vector<std::string> sets(words.begin() + 1, words.end());
+  try {
+    auto raw = parse_set_options(sets, registered.factory->params, runtime.registry(), owner);
+    return runtime.create(Kind::Augmenter, words[0], raw, "", {}, "", where);
+  } catch (const Error& e) {
+    throw Error(where, fmt::format("augmenters entry '{}': {}", entry, e.what()));
+  }
+}
+
+}  // namespace
+
+StageType train_recognition_stage() {
+  return StageType{
+      "train_recognition",
+      "train a face recognizer (backbone + margin head) with TFace's recipe; checkpoints resume automatically",
+      {
+          ParamSpec::Plugin("backbone", "backbone", "the network: images [N,3,112,112] -> embeddings"),
+          ParamSpec::Plugin("head", "head", "the margin head; out_features must equal the dataset's class count"),
+          ParamSpec::Plugin("data", "dataset-reader", "the training set's reader"),
+          ParamSpec::Path("data_path", "", "what the reader opens (folder or file)").required_value(),
+          ParamSpec::StringList("augmenters", {"flip"},
+                                "image augmenters applied in order, each \"NAME\" or \"NAME key=value ...\" "
+                                "(values as YAML), e.g. [flip, \"random-resized-crop probability=0.2\"]"),
+          ParamSpec::Int("epochs", 40, "training epochs").at_least(1),
+          ParamSpec::Int("batch_size", 64, "images per step").at_least(1),
+          ParamSpec::Float("lr", 0.1, "initial learning rate").at_least(0),
+          ParamSpec::IntList("stages", {22, 28, 32}, "epochs (0-based starts) at which the lr is multiplied by gamma"),
+          ParamSpec::Float("gamma", 0.1, "lr factor at each stage").range(0, 1),
+          ParamSpec::Float("momentum", 0.9, "SGD momentum").range(0, 1),
+          ParamSpec::Float("weight_decay", 5e-4, "L2 weight decay (not on batch-norm parameters, see decay_split)")
+              .at_least(0),
+          ParamSpec::String("decay_split", "batchnorm-modules",
+                            "parameters without weight decay: batchnorm-modules (TFace separate_irse_bn_paras) "
+                            "or bn-in-name (separate_resnet_bn_paras)")
+              .one_of(decay_split_choices()),
+          ParamSpec::Int("warmup_steps", 0, "linear lr warm-up over this many steps (TFace WARMUP_STEP); 0: off")
+              .at_least(0),
+          ParamSpec::Int("warmup_epochs", 0, "the same in epochs (give one of the two)").at_least(0),
+          ParamSpec::Float("label_smoothing", 0.0, "cross-entropy label smoothing; 0: off").range(0, 1),
+          ParamSpec::Int("save_every", 1, "epochs between checkpoints (the last epoch is always saved)").at_least(1),
+          ParamSpec::Int("workers", 4, "background decoding threads; 0: decode on the training thread").range(0, 256),
+          ParamSpec::Int("prefetch", 8, "batches prepared ahead of the training loop").at_least(1),
+          ParamSpec::Int("log_every", 50, "steps between progress lines and metric rows").at_least(1),
+          ParamSpec::Bool("resume", true,
+                          "continue from the newest checkpoint in the stage folder when there is one (false, or "
+                          "--force: start over)"),
+      },
+      [](const Params& keys, StageContext& ctx) {
+        const std::string where;  // the runner already names the manifest line and the stage
+        auto backbone_plugin = ctx.runtime.create(keys.get_plugin("backbone"));
+        auto head_plugin = ctx.runtime.create(keys.get_plugin("head"));
+        auto reader_plugin = ctx.runtime.create(keys.get_plugin("data"));
+        auto& backbone = dynamic_cast<Backbone&>(*backbone_plugin);
+        auto& head = dynamic_cast<Head&>(*head_plugin);
+        auto& reader = dynamic_cast<DatasetReader&>(*reader_plugin);
+        const std::string& data_path = keys.get_path("data_path");
+        reader.open(data_path);
+        if (reader.size() == 0)
+          throw Error(where, fmt::format("dataset-reader/{} found no samples in {}", keys.get_plugin("data").name,
+                                         data_path));
+        const auto classes = static_cast<std::int64_t>(reader.class_names().size());
+        if (head.out_features() != classes)
+          throw Error(where, fmt::format("head/{} has out_features {} but {} has {} classes; set "
+                                         "head.params.out_features: {}",
+                                         keys.get_plugin("head").name, head.out_features(), data_path, classes,
+                                         classes));
+
+        std::vector<std::shared_ptr<Plugin>> augmenter_plugins;
+        std::vector<Augmenter*> augmenters;
+        for (const auto& entry : keys.get_strings("augmenters")) {
+          augmenter_plugins.push_back(create_augmenter(entry, ctx.runtime, where));
+          augmenters.push_back(&dynamic_cast<Augmenter&>(*augmenter_plugins.back()));
+        }
+
+        TrainOptions o;
+        o.epochs = keys.get_int("epochs");
+        o.batch_size = keys.get_int("batch_size");
+        o.lr = keys.get_float("lr");
+        o.stages = keys.get_ints("stages");
+        o.gamma = keys.get_float("gamma");
+        o.momentum = keys.get_float("momentum");
+        o.weight_decay = keys.get_float("weight_decay");
+        o.decay_split = keys.get_string("decay_split");
+        o.warmup_steps = keys.get_int("warmup_steps");
+        o.warmup_epochs = keys.get_int("warmup_epochs");
+        o.label_smoothing = keys.get_float("label_smoothing");
+        o.save_every = keys.get_int("save_every");
+        o.workers = static_cast<int>(keys.get_int("workers"));
+        o.prefetch_batches = static_cast<int>(keys.get_int("prefetch"));
+        o.log_every = keys.get_int("log_every");
+        o.seed = ctx.runtime.seed();
+        o.resume = keys.get_bool("resume") && !ctx.force;
+        o.progress = &std::cerr;
+        const TrainSummary s = train_recognition(backbone, head, reader, augmenters, o, ctx.output_dir);
+        std::cerr << fmt::format("  {} steps, {:.1f} img/s, data-wait {:.1f}%, last top1 {:.1f}% -> {}", s.steps,
+                                 s.images_per_second, 100 * s.data_wait_fraction, 100 * s.last_top1, ctx.output_dir)
+                  << std::endl;
+      }};
+}
+
+}  // namespace admis::host

@@ -1,0 +1,11 @@
+#pragma once
+// Registration of the dataset readers and writers, one function per format.
+#include "admis/sdk/plugin.h"
+
+namespace admis::datasets {
+
+void register_image_folder(FactoryList& registry);
+void register_tfrecord(FactoryList& registry);
+void register_recordio(FactoryList& registry);
+
+}  // namespace admis::datasets
