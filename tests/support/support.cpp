@@ -6,6 +6,8 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <sys/wait.h>
 
@@ -97,5 +99,10 @@ CommandResult run_command(const std::string& command) {
 }
 
 std::string admis_exe() { return ADMIS_EXE; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 }  // namespace admis::test

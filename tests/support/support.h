@@ -38,6 +38,9 @@ std::shared_ptr<T> create(Kind kind, const std::string& name, const std::map<std
 // max|actual - expected| <= tolerance; prints the worst difference on failure.
 ::testing::AssertionResult all_close(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance);
 
+// The whole file as a string (empty when it cannot be read).
+std::string read_text(const std::string& path);
+
 // Runs `f` and returns the admis::Error message it throws; fails the test when it throws
 // nothing or another exception.
 template <class F>

@@ -14,19 +14,9 @@
 
 using namespace admis;
 using admis::test::error_of;
+using admis::test::read_text;
 using ::testing::HasSubstr;
 namespace fs = boost::filesystem;
-
-namespace {
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-}  // namespace
 
 TEST(VerificationEmbedding, FlipAugmentedNormalisedInBatches) {
   const std::int64_t size = 8, dim = 6, n = 7;

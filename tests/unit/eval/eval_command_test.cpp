@@ -15,20 +15,9 @@
 using namespace admis;
 using admis::test::admis_exe;
 using admis::test::run_command;
+using admis::test::read_text;
 using ::testing::HasSubstr;
 namespace fs = boost::filesystem;
-
-namespace {
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-
-}  // namespace
 
 TEST(EvalCommand, EvaluatesEveryBinInTheFolder) {
   ASSERT_NE(test::registry().find(Kind::Backbone, "ir"), nullptr) << "the bundled backbone/ir plugin is not built";
