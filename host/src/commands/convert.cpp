@@ -165,13 +165,8 @@ int cmd_convert(const std::vector<std::string>& args, Globals& g) {
 
   Registry registry;
   registry.discover(g.plugin_paths);
-  try {
-    return convert(source, destination, sets, overwrite, workers, registry, g);
-  } catch (const Error& e) {
-    // The plugin threw this exception, so its destructor lives in the plugin library,
-    // which closes with `registry`. Rethrow a copy made here while the library is loaded.
-    throw Error(e);
-  }
+  // Plugin exceptions may outlive `registry`: the registry keeps libraries loaded for the process.
+  return convert(source, destination, sets, overwrite, workers, registry, g);
 }
 
 }  // namespace admis::host
