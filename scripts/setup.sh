@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev
   libgloo-dev
   libprotobuf-dev protobuf-compiler
+  python3-torch python3-numpy   # cross-checks: checkpoints admis writes must load in PyTorch
 )
 
 missing=()

@@ -232,7 +232,7 @@ int cmd_forward(const std::vector<std::string>& args, Globals& g) {
   if (!weights.empty()) {
     auto* m = dynamic_cast<ModulePlugin*>(object.get());
     if (!m) throw Error(target, "this plugin has no weights, but --weights was given");
-    LoadReport report = runtime.load_state_dict(m->module(), read_weights(weights), options, weights);
+    LoadReport report = runtime.load_state_dict(m->module(), read_weights(weights), with_layout(options, *m), weights);
     std::cerr << fmt::format("loaded {} tensors from {}", report.loaded, weights) << std::endl;
     if (!report.ok())
       std::cerr << fmt::format("  missing {}, unexpected {}, mismatched {}", report.missing.size(),

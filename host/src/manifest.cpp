@@ -1,5 +1,6 @@
 #include "admis/host/manifest.h"
 
+#include <boost/algorithm/string.hpp>
 #include <boost/filesystem.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -458,6 +459,22 @@ void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, stage_label(s), seconds, ctx.output_dir)
               << std::endl;
+  }
+}
+
+std::shared_ptr<Plugin> create_from_entry(Kind kind, const std::string& entry, Runtime& runtime, const std::string& where) {
+  std::vector<std::string> words;
+  const std::string trimmed = boost::algorithm::trim_copy(entry);
+  boost::algorithm::split(words, trimmed, boost::is_any_of(" \t"), boost::token_compress_on);
+  if (words.empty() || words[0].empty()) throw Error(where, fmt::format("empty {} entry", to_string(kind)));
+  const std::string owner = fmt::format("{}/{}", to_string(kind), words[0]);
+  const RegisteredPlugin& registered = runtime.registry().get(kind, words[0]);
+  const std::vector<std::string> sets(words.begin() + 1, words.end());
+  try {
+    auto raw = parse_set_options(sets, registered.factory->params, runtime.registry(), owner);
+    return runtime.create(kind, words[0], raw, "", {}, "", where);
+  } catch (const Error& e) {
+    throw Error(where, fmt::format("{} entry '{}': {}", to_string(kind), entry, e.what()));
   }
 }
 

@@ -1,5 +1,7 @@
 #include "admis/host/runtime.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include <iostream>
@@ -32,6 +34,10 @@ torch::Device parse_device(const std::string& text) {
 Runtime::Runtime(const Registry& registry, RunSettings settings)
     : registry_(registry), settings_(std::move(settings)), device_(parse_device(settings_.device)) {
   threads_ = settings_.threads > 0 ? settings_.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Subnormal floats (below ~1e-38, e.g. GELU and softmax tails of trained UNets) make x86
+  // arithmetic ~100x slower; flush them to zero. Set before the intra-op pool starts, whose
+  // threads inherit the floating-point mode.
+  at::globalContext().setFlushDenormal(true);
   // LibTorch defaults to one intra-op thread here; set it explicitly for every run.
   torch::set_num_threads(threads_);
   torch::manual_seed(settings_.seed);
@@ -49,6 +55,15 @@ void Runtime::write_safetensors(const StateDict& tensors, const std::string& pat
   host::write_safetensors(tensors, path, metadata);
 }
 
+LoadOptions with_layout(LoadOptions options, const ModulePlugin& plugin) {
+  const LoadOptions layout = plugin.checkpoint_layout();
+  for (const auto& p : layout.strip_prefixes)
+    if (std::find(options.strip_prefixes.begin(), options.strip_prefixes.end(), p) == options.strip_prefixes.end())
+      options.strip_prefixes.push_back(p);
+  options.ignore_keys.insert(options.ignore_keys.end(), layout.ignore_keys.begin(), layout.ignore_keys.end());
+  return options;
+}
+
 std::shared_ptr<Plugin> Runtime::create(const PluginSpec& spec) {
   return create(parse_kind(spec.kind), spec.name, spec.params, spec.weights);
 }
@@ -58,7 +73,7 @@ std::shared_ptr<Plugin> Runtime::create(Kind kind, const std::string& name, cons
                                         const std::string& base_dir, const std::string& where) {
   auto plugin = registry_.create(kind, name, raw, *this, base_dir, where);
   if (auto* m = dynamic_cast<ModulePlugin*>(plugin.get())) {
-    if (!weights.empty()) load_state_dict(m->module(), read_weights(weights), options, weights);
+    if (!weights.empty()) load_state_dict(m->module(), read_weights(weights), with_layout(options, *m), weights);
     m->module().to(device_);
   } else if (!weights.empty()) {
     throw Error(fmt::format("{}/{}", to_string(kind), name), "this plugin has no weights, but a weights file was given");

@@ -12,6 +12,7 @@ namespace admis::augmenters {
 void register_flip(FactoryList& registry);
 void register_random_resized_crop(FactoryList& registry);
 void register_normalize(FactoryList& registry);
+void register_id_oversample(FactoryList& registry);
 
 // One uniform draw in [0,1), as torch.rand(1) with the generator.
 double uniform(at::Generator& generator);

@@ -1,7 +1,9 @@
-// admis_augmenters: image augmenters of recognition training.
+// admis_augmenters: image augmenters of recognition training, and the identity-level
+// oversampling of generated datasets.
 //   flip                  horizontal flip with probability p (torchvision RandomHorizontalFlip)
 //   random-resized-crop   TFace/ADMIS RandomApply(RandomResizedCrop), or AdaFace's in-place crop
 //   normalize             uint8 [H,W,3] -> float32 [3,H,W], (x/255 - mean)/std
+//   id-oversample         DCFace/ADMIS identity oversampling: the context face added `copies` times
 
 #include "admis/sdk/plugin.h"
 #include "augmenters.h"
@@ -26,4 +28,5 @@ ADMIS_PLUGIN("admis_augmenters", "1.0.0") {
   admis::augmenters::register_flip(registry);
   admis::augmenters::register_random_resized_crop(registry);
   admis::augmenters::register_normalize(registry);
+  admis::augmenters::register_id_oversample(registry);
 }

@@ -15,6 +15,7 @@
 
 #include "dataset_util.h"
 #include "datasets.h"
+#include "admis/sdk/tfrecord.h"
 #include "example.pb.h"
 
 namespace admis::datasets {
@@ -22,41 +23,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord uses.
-std::uint32_t crc32c(const char* data, std::size_t n) {
-  static const std::array<std::uint32_t, 256> table = [] {
-    std::array<std::uint32_t, 256> t{};
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  std::uint32_t c = 0xFFFFFFFFu;
-  for (std::size_t i = 0; i < n; ++i) c = table[(c ^ static_cast<unsigned char>(data[i])) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
-
-// TFRecord stores CRCs rotated and offset so that CRCs of CRC-bearing data stay robust.
-std::uint32_t masked_crc(const char* data, std::size_t n) {
-  const std::uint32_t c = crc32c(data, n);
-  return ((c >> 15) | (c << 17)) + 0xa282ead8u;
-}
-
-std::uint64_t load_u64(const char* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-std::uint32_t load_u32(const char* p) {
-  std::uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
-void store_le(char* p, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
-}
 
 std::string shard_path(const std::string& prefix, std::int64_t shard) {
   char number[16];
@@ -140,8 +106,8 @@ class TFRecordReader : public DatasetReader {
     char head[12];
     if (file.read_at(e.offset, head, 12) != 12)
       throw Error(file.path(), cat("tfrecord: truncated ", at, ": the file ends at byte ", file.size()));
-    const std::uint64_t length = load_u64(head);
-    if (load_u32(head + 8) != masked_crc(head, 8))
+    std::uint64_t length = 0;
+    if (!tfrecord::read_header(head, length))
       throw Error(file.path(), cat("tfrecord: bad length CRC in ", at));
     if (length > file.size())
       throw Error(file.path(), cat("tfrecord: truncated ", at, ": length ", length, " exceeds the file"));
@@ -149,7 +115,7 @@ class TFRecordReader : public DatasetReader {
     if (file.read_at(e.offset + 12, data.data(), data.size()) != data.size())
       throw Error(file.path(), cat("tfrecord: truncated ", at, ": ", length, " bytes of data announced, the file ends at byte ",
                                    file.size()));
-    if (load_u32(data.data() + length) != masked_crc(data.data(), length))
+    if (!tfrecord::payload_intact(data.data(), length, data.data() + length))
       throw Error(file.path(), cat("tfrecord: bad data CRC in ", at));
     tensorflow::Example example;
     if (!example.ParseFromArray(data.data(), static_cast<int>(length)))
@@ -222,18 +188,12 @@ class TFRecordWriter : public DatasetWriter {
     feature.mutable_bytes_list()->add_value(file_bytes_of(sample, ImageFormat::Jpeg, jpeg_quality_, where));
     std::string data;
     if (!example.SerializeToString(&data)) throw Error(where, "tfrecord: cannot serialize the Example");
-    const std::uint64_t record_size = 16 + data.size();
+    const std::uint64_t record_size = tfrecord::kHeaderSize + data.size() + tfrecord::kFooterSize;
     const bool full = (shard_records_ > 0 && shard_count_ >= shard_records_) ||
                       (shard_bytes_ > 0 && shard_count_ > 0 && shard_offset_ + record_size > static_cast<std::uint64_t>(shard_bytes_));
     if (!out_.is_open() || full) next_shard();
-    char head[12];
-    store_le(head, data.size(), 8);
-    store_le(head + 8, masked_crc(head, 8), 4);
-    char tail[4];
-    store_le(tail, masked_crc(data.data(), data.size()), 4);
-    out_.write(head, 12);
-    out_.write(data.data(), static_cast<std::streamsize>(data.size()));
-    out_.write(tail, 4);
+    const std::string record = tfrecord::frame(data);
+    out_.write(record.data(), static_cast<std::streamsize>(record.size()));
     if (!out_) throw Error(temp_shards_.back(), "tfrecord: write failed (disk full?)");
     index_ << identity << '/' << sample.name << '\t' << (temp_shards_.size() - 1) << '\t' << shard_offset_ << '\n';
     shard_offset_ += record_size;

@@ -10,6 +10,9 @@
 
 #include "admis/host/bench.h"
 #include "admis/host/commands.h"
+#include "admis/host/convert.h"
+#include "admis/host/data_loader.h"
+#include "admis/host/generation.h"
 #include "admis/host/manifest.h"
 #include "admis/host/registry.h"
 #include "admis/host/runtime.h"
@@ -40,6 +43,97 @@ double seconds_per_run(F&& body, int warmup, int iterations) {
   return std::chrono::duration<double>(Clock::now() - start).count() / iterations;
 }
 
+// Images/s of the training data pipeline alone: the recognition DataLoader (read, decode,
+// augment, normalise, batch) on `workers` threads with nothing consuming the batches.
+double data_pipeline_images_per_second(const std::string& data, std::vector<std::string> augmenter_entries, int workers,
+                                       int batches, int batch_size, std::int64_t image_size, Runtime& runtime,
+                                       std::uint64_t seed) {
+  const DatasetSpec spec = parse_dataset_spec(data, "--data", "admis bench");
+  auto reader_plugin = runtime.create(Kind::DatasetReader, spec.format, {}, "", {}, "", "admis bench --data");
+  auto& reader = dynamic_cast<DatasetReader&>(*reader_plugin);
+  reader.open(spec.path);
+  if (augmenter_entries.empty()) augmenter_entries = {"flip", "random-resized-crop p=0.2"};
+  std::vector<std::shared_ptr<Plugin>> owned;
+  std::vector<Augmenter*> augmenters;
+  for (const auto& entry : augmenter_entries) {
+    owned.push_back(create_from_entry(Kind::Augmenter, entry, runtime, "admis bench --augmenter"));
+    augmenters.push_back(&dynamic_cast<Augmenter&>(*owned.back()));
+  }
+  LoaderOptions options;
+  options.batch_size = batch_size;
+  options.workers = workers;
+  options.seed = seed;
+  options.image_size = image_size;
+  DataLoader loader(reader, augmenters, options);
+  std::int64_t images = 0, epoch = 0;
+  const auto start = Clock::now();
+  loader.start_epoch(epoch);
+  for (int i = 0; i < batches; ++i) {
+    Batch b;
+    if (!loader.next(b)) {  // a small dataset: go on into the next epoch
+      loader.start_epoch(++epoch);
+      if (!loader.next(b)) throw Error(data, "the dataset is empty");
+    }
+    images += b.images.size(0);
+  }
+  return images / std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The denoiser's forward time at batch 1 and `batch` (eval, inference mode, random
+// latents and contexts), and images/s of a whole `steps`-step ddim-admis sampling run.
+int bench_denoiser(const std::string& name, const std::vector<std::string>& sets, int latent_size, int batch, int steps,
+                   int iterations, int warmup, Globals& g) {
+  if (latent_size < 1 || steps < 1) throw Error("admis bench", "--latent-size and --sample-steps must be at least 1");
+  Registry registry;
+  registry.discover(g.plugin_paths);
+  Runtime runtime(registry, g.settings);
+  auto raw = parse_set_options(sets, registry.get(Kind::Denoiser, name).factory->params, registry, "denoiser/" + name);
+  auto denoiser = std::dynamic_pointer_cast<Denoiser>(runtime.create(Kind::Denoiser, name, raw));
+  denoiser->module().eval();
+  std::int64_t parameters = 0;
+  for (const auto& p : denoiser->module().parameters()) parameters += p.numel();
+  const auto options = torch::TensorOptions().device(runtime.device());
+  auto sync = [&] {
+    if (runtime.device().is_cuda()) torch::cuda::synchronize();
+  };
+  std::cout << "machine: " << machine_description(runtime.threads()) << ", device " << runtime.device() << "\n";
+  std::cout << fmt::format("denoiser {} ({} parameters), latents {}x{}x{}, context {}\n", name, parameters,
+                           denoiser->in_channels(), latent_size, latent_size, denoiser->context_size());
+  for (const int b : std::vector<int>{1, batch}) {
+    const torch::Tensor x = torch::randn({b, denoiser->in_channels(), latent_size, latent_size}, options);
+    const torch::Tensor t = torch::randint(0, 1000, {b}, options.dtype(torch::kInt64));
+    torch::Tensor context;
+    if (denoiser->context_size() > 0)
+      context = torch::nn::functional::normalize(torch::randn({b, denoiser->context_size()}, options),
+                                                 torch::nn::functional::NormalizeFuncOptions().dim(1));
+    const double seconds = seconds_per_run(
+        [&] {
+          torch::InferenceMode guard;
+          denoiser->forward(x, t, context);
+          sync();
+        },
+        warmup, iterations);
+    std::cout << fmt::format("  forward, batch {:<4}                   {:8.3f} s  ({:.2f} samples/s)\n", b, seconds,
+                             b / seconds);
+    if (b == batch) break;
+  }
+  auto scheduler = std::dynamic_pointer_cast<Scheduler>(
+      runtime.create(Kind::Scheduler, "ddim-admis", {{"num_inference_steps", Value(std::int64_t{steps})}}));
+  const torch::Tensor x_T = torch::randn({batch, denoiser->in_channels(), latent_size, latent_size}, options);
+  torch::Tensor context;
+  if (denoiser->context_size() > 0)
+    context = torch::nn::functional::normalize(torch::randn({batch, denoiser->context_size()}, options),
+                                               torch::nn::functional::NormalizeFuncOptions().dim(1));
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(0);
+  const auto start = Clock::now();
+  sample_reverse(*denoiser, *scheduler, x_T, context, 1.0, generator);
+  sync();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::cout << fmt::format("  ddim-admis {} steps, batch {:<4}        {:8.3f} s  ({:.3f} images/s, latents only)\n",
+                           scheduler->num_steps(), batch, seconds, batch / seconds);
+  return 0;
+}
+
 }  // namespace
 
 std::string machine_description(int threads) {
@@ -51,22 +145,42 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   po::options_description own("admis bench");
   std::string backbone_name = "ir", head_name = "arcface";
   std::vector<std::string> backbone_sets, head_sets;
-  int batch = 64, iterations = 5, warmup = 1;
+  int batch = 64, iterations = 5, warmup = 1, workers = 4, data_batches = 20;
+  std::string data, denoiser_name;
+  std::vector<std::string> augmenter_entries, denoiser_sets;
+  int latent_size = 32, sample_steps = 50;
   own.add_options()("backbone", po::value<std::string>(&backbone_name)->default_value("ir"), "backbone plugin")(
       "set", po::value<std::vector<std::string>>(&backbone_sets)->composing(), "backbone parameter=value (YAML)")(
       "head", po::value<std::string>(&head_name)->default_value("arcface"), "head plugin for the training step")(
       "head-set", po::value<std::vector<std::string>>(&head_sets)->composing(), "head parameter=value (YAML)")(
       "batch-size", po::value<int>(&batch)->default_value(64), "images per batch")(
       "iterations", po::value<int>(&iterations)->default_value(5), "timed iterations")(
-      "warmup", po::value<int>(&warmup)->default_value(1), "untimed iterations first");
+      "warmup", po::value<int>(&warmup)->default_value(1), "untimed iterations first")(
+      "data", po::value<std::string>(&data), "also time the data pipeline alone on FORMAT:PATH (e.g. tfrecord:out/NAME)")(
+      "augmenter", po::value<std::vector<std::string>>(&augmenter_entries)->composing(),
+      "data pipeline augmenter \"NAME key=value ...\" (default: flip, random-resized-crop p=0.2)")(
+      "workers", po::value<int>(&workers)->default_value(4), "data pipeline decoding threads")(
+      "data-batches", po::value<int>(&data_batches)->default_value(20), "batches the data pipeline is timed over")(
+      "denoiser", po::value<std::string>(&denoiser_name), "time this denoiser instead of a backbone (e.g. idiff-unet)")(
+      "denoiser-set", po::value<std::vector<std::string>>(&denoiser_sets)->composing(), "denoiser parameter=value")(
+      "latent-size", po::value<int>(&latent_size)->default_value(32), "denoiser input H = W (VQ-f4 latents of 128 px: 32)")(
+      "sample-steps", po::value<int>(&sample_steps)->default_value(50), "ddim-admis steps of the timed sampling run");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse(args, own, pos, g, vm,
              "usage: admis bench [--backbone NAME --set k=v ...] [--head NAME --head-set k=v ...] [--batch-size B]\n"
-             "Measures backbone forward (inference) and forward+backward+SGD step (training) throughput."))
+             "                  [--data FORMAT:PATH [--augmenter E ...] [--workers N] [--data-batches K]]\n"
+             "Measures backbone forward (inference) and forward+backward+SGD step (training) throughput,\n"
+             "and with --data the data pipeline alone (read, decode, augment, batch on background threads).\n"
+             "       admis bench --denoiser NAME [--denoiser-set k=v ...] [--latent-size S] [--batch-size B] [--sample-steps N]\n"
+             "Measures the denoiser's forward pass at batch 1 and B and the sampled images/s of an N-step DDIM run."))
     return 0;
+  if (!denoiser_name.empty())
+    return bench_denoiser(denoiser_name, denoiser_sets, latent_size, batch, sample_steps, iterations, warmup, g);
   if (batch < 1 || iterations < 1 || warmup < 0)
     throw Error("admis bench", "--batch-size and --iterations must be at least 1, --warmup at least 0");
+  if (workers < 0 || data_batches < 1)
+    throw Error("admis bench", "--workers must be at least 0 and --data-batches at least 1");
 
   Registry registry;
   registry.discover(g.plugin_paths);
@@ -124,6 +238,12 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
       warmup, iterations);
   std::cout << fmt::format("  forward+backward+SGD step (train)   {:8.1f} images/s  ({:.3f} s/batch)\n",
                            batch / training, training);
+  if (!data.empty()) {
+    const double pipeline = data_pipeline_images_per_second(data, augmenter_entries, workers, data_batches, batch,
+                                                            size, runtime, g.settings.seed);
+    std::cout << fmt::format("  data pipeline alone ({} workers)     {:8.1f} images/s  ({:.1f}x the training step)\n",
+                             workers, pipeline, pipeline * training / batch);
+  }
   return 0;
 }
 

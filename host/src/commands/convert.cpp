@@ -26,20 +26,17 @@
 namespace po = boost::program_options;
 
 namespace admis::host {
-namespace {
 
-struct DatasetSpec {
-  std::string format, path;
-};
-
-DatasetSpec parse_spec(const std::string& text, const std::string& option) {
+DatasetSpec parse_dataset_spec(const std::string& text, const std::string& option, const std::string& command) {
   const auto colon = text.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
-    throw Error("admis convert", fmt::format("{} '{}': give FORMAT:PATH, e.g. image-folder:faces/, tfrecord:out/NAME, "
-                                             "recordio:out/train",
-                                             option, text));
+    throw Error(command, fmt::format("{} '{}': give FORMAT:PATH, e.g. image-folder:faces/, tfrecord:out/NAME, "
+                                     "recordio:out/train",
+                                     option, text));
   return {text.substr(0, colon), text.substr(colon + 1)};
 }
+
+namespace {
 
 // Samples first..first+count-1, read by `workers` threads, in index order.
 std::vector<Sample> read_batch(const DatasetReader& reader, std::int64_t first, std::int64_t count, int workers) {
@@ -160,7 +157,8 @@ int cmd_convert(const std::vector<std::string>& args, Globals& g) {
              "copied unchanged where the destination format allows, and nothing appears at the destination\n"
              "unless the whole dataset was written."))
     return 0;
-  const DatasetSpec source = parse_spec(from, "--from"), destination = parse_spec(to, "--to");
+  const DatasetSpec source = parse_dataset_spec(from, "--from", "admis convert"),
+                    destination = parse_dataset_spec(to, "--to", "admis convert");
   if (workers <= 0) workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
   Registry registry;

@@ -1,6 +1,5 @@
 // The `train_recognition` stage: builds the backbone, head, dataset reader and augmenters
 // a manifest names and runs TFace-style training (train_recognition.h) into the stage folder.
-#include <boost/algorithm/string.hpp>
 #include <fmt/format.h>
 
 #include <iostream>
@@ -10,27 +9,6 @@
 #include "admis/host/train_recognition.h"
 
 namespace admis::host {
-
-namespace {
-
-// One `augmenters` entry: "NAME" or "NAME key=value key=value" (values as YAML, like --set).
-std::shared_ptr<Plugin> create_augmenter(const std::string& entry, Runtime& runtime, const std::string& where) {
-  std::vector<std::string> words;
-  const std::string trimmed = boost::algorithm::trim_copy(entry);
-  boost::algorithm::split(words, trimmed, boost::is_any_of(" \t"), boost::token_compress_on);
-  if (words.empty() || words[0].empty()) throw Error(where, "augmenters: empty entry");
-  const std::string owner = "augmenter/" + words[0];
-  const RegisteredPlugin& registered = runtime.registry().get(Kind::Augmenter, words[0]);
-  const std::vector<std::string> sets(words.begin() + 1, words.end());
-  try {
-    auto raw = parse_set_options(sets, registered.factory->params, runtime.registry(), owner);
-    return runtime.create(Kind::Augmenter, words[0], raw, "", {}, "", where);
-  } catch (const Error& e) {
-    throw Error(where, fmt::format("augmenters entry '{}': {}", entry, e.what()));
-  }
-}
-
-}  // namespace
 
 StageType train_recognition_stage() {
   return StageType{
@@ -91,7 +69,7 @@ StageType train_recognition_stage() {
         std::vector<std::shared_ptr<Plugin>> augmenter_plugins;
         std::vector<Augmenter*> augmenters;
         for (const auto& entry : keys.get_strings("augmenters")) {
-          augmenter_plugins.push_back(create_augmenter(entry, ctx.runtime, where));
+          augmenter_plugins.push_back(create_from_entry(Kind::Augmenter, entry, ctx.runtime, where));
           augmenters.push_back(&dynamic_cast<Augmenter&>(*augmenter_plugins.back()));
         }
 

@@ -55,13 +55,26 @@ torch::Tensor decode_image(const std::string& encoded, std::int64_t index) {
   return torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8).clone();
 }
 
+// Bilinear resize of an [H,W,3] uint8 image; area averaging when shrinking, which is what
+// PIL's antialiased bilinear (torchvision's Resize) amounts to.
+torch::Tensor resize_image(const torch::Tensor& image, std::int64_t size) {
+  const torch::Tensor src = image.contiguous();
+  cv::Mat in(static_cast<int>(src.size(0)), static_cast<int>(src.size(1)), CV_8UC3, src.data_ptr());
+  cv::Mat out;
+  const bool shrinking = src.size(0) > size || src.size(1) > size;
+  cv::resize(in, out, cv::Size(static_cast<int>(size), static_cast<int>(size)), 0, 0,
+             shrinking ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return torch::from_blob(out.data, {out.rows, out.cols, 3}, torch::kUInt8).clone();
+}
+
 }  // namespace
 
 torch::Tensor load_sample(const DatasetReader& reader, std::int64_t index, const std::vector<Augmenter*>& augmenters,
-                          at::Generator& generator, std::int64_t image_size, std::int64_t* label) {
+                          at::Generator& generator, std::int64_t image_size, std::int64_t* label, bool resize) {
   Sample sample = reader.read(index);
   const std::string where = fmt::format("sample {} ({}/{})", index, sample.label_name, sample.name);
   torch::Tensor image = sample.image.defined() ? sample.image : decode_image(sample.encoded, index);
+  if (resize && (image.size(0) != image_size || image.size(1) != image_size)) image = resize_image(image, image_size);
   if (sample.label < 0) throw Error(where, "the dataset reader gave no label");
   *label = sample.label;
   for (Augmenter* augmenter : augmenters) image = augmenter->augment_image(image, generator);
@@ -106,7 +119,9 @@ Batch DataLoader::build(std::int64_t batch_index) const {
   batch.index = batch_index;
   batch.images = torch::empty({end - begin, 3, options_.image_size, options_.image_size});
   batch.labels = torch::empty({end - begin}, torch::kInt64);
+  batch.indices = torch::empty({end - begin}, torch::kInt64);
   auto labels = batch.labels.accessor<std::int64_t, 1>();
+  auto indices = batch.indices.accessor<std::int64_t, 1>();
   for (std::int64_t i = begin; i < end; ++i) {
     const std::int64_t index = order_[static_cast<std::size_t>(i)];
     // The generator depends on (seed, epoch, index) only: results are independent of
@@ -114,8 +129,10 @@ Batch DataLoader::build(std::int64_t batch_index) const {
     auto generator = at::make_generator<at::CPUGeneratorImpl>(
         mix_seed(options_.seed, static_cast<std::uint64_t>(epoch_), static_cast<std::uint64_t>(index)));
     std::int64_t label = 0;
-    batch.images[i - begin].copy_(load_sample(reader_, index, augmenters_, generator, options_.image_size, &label));
+    batch.images[i - begin].copy_(
+        load_sample(reader_, index, augmenters_, generator, options_.image_size, &label, options_.resize));
     labels[i - begin] = label;
+    indices[i - begin] = index;
   }
   return batch;
 }

@@ -6,29 +6,15 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <array>
 #include <chrono>
 #include <cstring>
 
 #include "admis/sdk/error.h"
+#include "admis/sdk/tfrecord.h"
 
 namespace admis::host {
 
 namespace {
-
-// CRC-32C (Castagnoli, reflected polynomial 0x82f63b78), table-driven.
-const std::array<std::uint32_t, 256>& crc_table() {
-  static const std::array<std::uint32_t, 256> table = [] {
-    std::array<std::uint32_t, 256> t{};
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  return table;
-}
 
 // Protobuf wire format: varint keys (field << 3 | wire type), length-delimited strings
 // and messages (type 2), fixed64 doubles (type 1), fixed32 floats (type 5).
@@ -122,19 +108,6 @@ T from_raw(const std::string& raw) {
 
 }  // namespace
 
-std::uint32_t crc32c(const void* data, std::size_t size) {
-  const auto& table = crc_table();
-  std::uint32_t crc = 0xffffffffu;
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (std::size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-  return crc ^ 0xffffffffu;
-}
-
-std::uint32_t masked_crc32c(const void* data, std::size_t size) {
-  const std::uint32_t crc = crc32c(data, size);
-  return ((crc >> 15) | (crc << 17)) + 0xa282ead8u;
-}
-
 EventWriter::EventWriter(const std::string& folder) {
   boost::filesystem::create_directories(folder);
   char host[256] = "localhost";
@@ -156,15 +129,8 @@ void EventWriter::add_scalar(const std::string& tag, float value, std::int64_t s
 }
 
 void EventWriter::write_record(const std::string& payload) {
-  const std::uint64_t length = payload.size();
-  char header[12];
-  std::memcpy(header, &length, 8);
-  const std::uint32_t length_crc = masked_crc32c(header, 8);
-  std::memcpy(header + 8, &length_crc, 4);
-  const std::uint32_t data_crc = masked_crc32c(payload.data(), payload.size());
-  out_.write(header, 12);
-  out_.write(payload.data(), static_cast<std::streamsize>(payload.size()));
-  out_.write(reinterpret_cast<const char*>(&data_crc), 4);
+  const std::string record = tfrecord::frame(payload);
+  out_.write(record.data(), static_cast<std::streamsize>(record.size()));
   out_.flush();
   if (!out_) throw Error(path_, "writing the TensorBoard event file failed");
 }
@@ -178,12 +144,11 @@ std::vector<ScalarEvent> read_event_file(const std::string& path) {
   while (pos < data.size()) {
     const std::string where = fmt::format("{}: record {}", path, events.size());
     if (pos + 12 > data.size()) throw Error(where, "truncated record header");
-    const auto length = from_raw<std::uint64_t>(data.substr(pos, 8));
-    if (from_raw<std::uint32_t>(data.substr(pos + 8, 4)) != masked_crc32c(data.data() + pos, 8))
-      throw Error(where, "length CRC mismatch");
+    std::uint64_t length = 0;
+    if (!tfrecord::read_header(data.data() + pos, length)) throw Error(where, "length CRC mismatch");
     if (length > data.size() - pos - 16) throw Error(where, "truncated record");
     const std::string payload = data.substr(pos + 12, length);
-    if (from_raw<std::uint32_t>(data.substr(pos + 12 + length, 4)) != masked_crc32c(payload.data(), payload.size()))
+    if (!tfrecord::payload_intact(payload.data(), payload.size(), data.data() + pos + 12 + length))
       throw Error(where, "data CRC mismatch");
     pos += 16 + length;
 

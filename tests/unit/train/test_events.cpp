@@ -1,11 +1,14 @@
 // TensorBoard event files: CRC32C, TFRecord framing, Event / Summary encoding.
+#include <cstring>
 #include <fstream>
 
 #include "admis/host/event_writer.h"
+#include "admis/sdk/tfrecord.h"
 #include "support/support.h"
 
 using namespace admis;
 using namespace admis::host;
+using admis::tfrecord::crc32c;
 
 TEST(Crc32c, KnownVectors) {
   // RFC 3720 check value and the all-zero vector.

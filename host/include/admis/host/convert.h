@@ -9,6 +9,12 @@
 
 namespace admis::host {
 
+// A dataset on the command line: FORMAT:PATH, FORMAT naming a dataset reader/writer.
+struct DatasetSpec {
+  std::string format, path;
+};
+DatasetSpec parse_dataset_spec(const std::string& text, const std::string& option, const std::string& command);
+
 int cmd_convert(const std::vector<std::string>& args, Globals& g);
 
 }  // namespace admis::host

@@ -28,11 +28,13 @@ struct LoaderOptions {
   std::uint64_t seed = 0;
   std::int64_t image_size = 112;  // H == W the backbone expects
   bool drop_last = false;         // TFace keeps the last short batch
+  bool resize = false;            // resize decoded images to image_size first (else a size mismatch is an error)
 };
 
 struct Batch {
   torch::Tensor images;  // [B,3,S,S] float32 in [-1,1]
   torch::Tensor labels;  // [B] int64
+  torch::Tensor indices;  // [B] int64, the samples' dataset indices
   std::int64_t index = 0;  // batch number within the epoch
 };
 
@@ -43,11 +45,13 @@ std::uint64_t mix_seed(std::uint64_t a, std::uint64_t b, std::uint64_t c = 0);
 std::vector<std::int64_t> epoch_permutation(std::int64_t size, std::uint64_t seed, std::int64_t epoch);
 
 // One sample as the network sees it: read, decoded (cv::imdecode when only `encoded` is
-// set), passed through the image augmenters in order with `generator`, and converted to
-// [3,S,S] float32 in [-1,1] ((x/255 - 0.5) / 0.5, TFace's RGB mean and std of 0.5; an
-// augmenter that already returns float32 is taken as normalised, [3,S,S] or [S,S,3]).
+// set), resized to image_size if `resize` (area when shrinking, else bilinear), passed
+// through the image augmenters in order with `generator`, and converted to [3,S,S]
+// float32 in [-1,1] ((x/255 - 0.5) / 0.5, TFace's RGB mean and std of 0.5; an augmenter
+// that already returns float32 is taken as normalised, [3,S,S] or [S,S,3]).
 torch::Tensor load_sample(const DatasetReader& reader, std::int64_t index, const std::vector<Augmenter*>& augmenters,
-                          at::Generator& generator, std::int64_t image_size, std::int64_t* label);
+                          at::Generator& generator, std::int64_t image_size, std::int64_t* label,
+                          bool resize = false);
 
 class DataLoader {
  public:

@@ -1,6 +1,6 @@
 #pragma once
 // TensorBoard scalar logs: an events.out.tfevents.<time>.<host> file of TFRecord records
-// (length, masked CRC32C of the length, payload, masked CRC32C of the payload), each
+// (admis/sdk/tfrecord.h: length, masked CRC32C of the length, payload, masked CRC32C), each
 // payload an Event protobuf encoded by hand with TensorFlow's field numbers
 // (tensorflow/core/util/event.proto, summary.proto). The first record carries
 // file_version "brain.Event:2". The file is an append-only log, as TensorBoard's own are;
@@ -12,10 +12,6 @@
 #include <vector>
 
 namespace admis::host {
-
-std::uint32_t crc32c(const void* data, std::size_t size);
-// TFRecord's masking: rotate right by 15 and add 0xa282ead8.
-std::uint32_t masked_crc32c(const void* data, std::size_t size);
 
 class EventWriter {
  public:

@@ -84,4 +84,8 @@ std::map<std::string, Value> parse_set_options(const std::vector<std::string>& s
 // Writes `text` to `path` atomically (temporary file in the same folder, then rename).
 void write_file_atomic(const std::string& path, const std::string& text);
 
+// A plugin from a one-line entry "NAME key=value key=value" (values as YAML, like --set),
+// as stage lists such as `augmenters: [flip, "random-resized-crop p=0.2"]` write them.
+std::shared_ptr<Plugin> create_from_entry(Kind kind, const std::string& entry, Runtime& runtime, const std::string& where);
+
 }  // namespace admis::host

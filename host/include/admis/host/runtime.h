@@ -16,6 +16,10 @@ struct RunSettings {
   bool quiet = false;
 };
 
+// `options` plus the plugin's own checkpoint_layout() (its reference's wrapper prefixes
+// and wrapper-only keys), so released checkpoints load as the reference saved them.
+LoadOptions with_layout(LoadOptions options, const ModulePlugin& plugin);
+
 class Runtime : public Host {
  public:
   Runtime(const Registry& registry, RunSettings settings);

@@ -17,12 +17,6 @@ namespace admis {
 
 using StateDict = std::map<std::string, torch::Tensor>;
 
-struct LoadOptions {
-  bool strict = true;
-  std::vector<std::string> strip_prefixes;  // removed from the start of checkpoint keys, in order
-  std::vector<std::string> ignore_keys;     // checkpoint keys (after stripping) that are not loaded
-};
-
 struct LoadReport {
   std::vector<std::string> missing;     // in the module, not in the checkpoint
   std::vector<std::string> unexpected;  // in the checkpoint, not in the module

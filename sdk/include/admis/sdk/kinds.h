@@ -39,6 +39,13 @@ inline const std::vector<Kind>& all_kinds() {
   return kinds;
 }
 
+// Options for copying a checkpoint's tensors into a module (see Host::load_state_dict).
+struct LoadOptions {
+  bool strict = true;
+  std::vector<std::string> strip_prefixes;  // removed from the start of checkpoint keys, in order
+  std::vector<std::string> ignore_keys;     // checkpoint keys (after stripping) that are not loaded
+};
+
 // Every object a plugin creates derives from Plugin; it is destroyed through this virtual
 // destructor, i.e. by the library that made it.
 class ADMIS_SDK_API Plugin {
@@ -52,6 +59,11 @@ class ADMIS_SDK_API Plugin {
 class ADMIS_SDK_API ModulePlugin : public Plugin {
  public:
   virtual torch::nn::Module& module() = 0;
+  // How the reference's released checkpoints wrap this module: prefixes to strip (e.g.
+  // 'eps_model.' of a DDPM wrapper, 'module.' of DataParallel) and keys that belong to the
+  // wrapper rather than to the module (e.g. its noise-schedule buffers). The host applies
+  // these on top of what the caller asks for, so released files load unchanged.
+  virtual LoadOptions checkpoint_layout() const { return {}; }
 };
 
 // images [N,3,H,W] in [-1,1] -> embeddings [N,D].

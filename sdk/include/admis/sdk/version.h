@@ -8,9 +8,9 @@
 //        field appended to the end of admis_plugin_descriptor, a new kind, a new parameter
 //        type. The host reads an appended slot only when the plugin's minor says it exists.
 
-#define ADMIS_ABI_MAJOR 1
+#define ADMIS_ABI_MAJOR 2
 #define ADMIS_ABI_MINOR 0
-#define ADMIS_SDK_VERSION "0.1.0"
+#define ADMIS_SDK_VERSION "0.2.0"
 
 // Exported for every type whose identity must be shared between the host and the plugins
 // (exception types caught across the boundary, interfaces used with dynamic_cast).

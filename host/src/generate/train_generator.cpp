@@ -1,0 +1,421 @@
+// Identity-conditioned diffusion training: see train_generator.h.
+#include "admis/host/train_generator.h"
+
+#include <boost/filesystem.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <limits>
+#include <fstream>
+#include <ostream>
+#include <sstream>
+
+#include "admis/host/data_loader.h"
+#include "admis/host/event_writer.h"
+#include "admis/host/manifest.h"
+#include "admis/host/weights.h"
+
+namespace fs = boost::filesystem;
+
+namespace admis::host {
+
+namespace {
+
+constexpr const char* kWho = "train_generator";
+
+StateDict cpu_state_dict(const torch::nn::Module& module) {
+  StateDict out;
+  for (const auto& [k, t] : module_state_dict(module)) out[k] = t.detach().to(torch::kCPU).contiguous();
+  return out;
+}
+
+StateDict to_cpu(const StateDict& tensors) {
+  StateDict out;
+  for (const auto& [k, t] : tensors) out[k] = t.detach().to(torch::kCPU).contiguous();
+  return out;
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long long>(std::max(0.0, seconds) + 0.5);
+  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
+}
+
+// The newest complete checkpoints/step-<N> folder, or "".
+std::string latest_step_checkpoint(const std::string& output_dir, std::int64_t* step) {
+  const fs::path dir = fs::path(output_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return "";
+  std::int64_t best = -1;
+  std::string best_path;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || !fs::is_directory(entry.path())) continue;
+    const std::string digits = name.substr(5);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    if (std::stoll(digits) > best) {
+      best = std::stoll(digits);
+      best_path = entry.path().string();
+    }
+  }
+  *step = best;
+  return best_path;
+}
+
+// Copies `weights` into the module's parameters and buffers, returning what was there.
+StateDict swap_weights(torch::nn::Module& module, const StateDict& weights) {
+  torch::NoGradGuard no_grad;
+  StateDict previous;
+  for (auto& p : module.named_parameters()) {
+    previous[p.key()] = p.value().detach().clone();
+    p.value().copy_(weights.at(p.key()));
+  }
+  for (auto& b : module.named_buffers()) {
+    previous[b.key()] = b.value().detach().clone();
+    b.value().copy_(weights.at(b.key()));
+  }
+  return previous;
+}
+
+// The reference's sample grid, reduced to what identifies progress: one row of samples
+// drawn with the EMA weights for the first contexts, one row of the real images they
+// belong to.
+void write_preview(Denoiser& denoiser, Codec& codec, const Scheduler& scheduler, const ExponentialMovingAverage& ema,
+                   const torch::Tensor& real_images, const torch::Tensor& contexts, std::uint64_t seed,
+                   const std::string& path) {
+  torch::Tensor latents_shape;
+  {
+    torch::InferenceMode guard;
+    latents_shape = codec.encode(real_images);
+  }
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(mix_seed(seed, 0x70726576ULL /* "prev" */));
+  const torch::Tensor x_T =
+      at::randn(latents_shape.sizes(), generator, torch::TensorOptions(torch::kFloat32)).to(real_images.device());
+  const StateDict raw = swap_weights(denoiser.module(), ema.averaged());
+  torch::Tensor samples;
+  try {
+    const torch::Tensor latents = sample_reverse(denoiser, scheduler, x_T, contexts, 1.0, generator);
+    torch::InferenceMode guard;
+    samples = codec.decode(latents);
+  } catch (...) {
+    swap_weights(denoiser.module(), raw);
+    throw;
+  }
+  swap_weights(denoiser.module(), raw);
+  const torch::Tensor grid = torch::cat({samples.to(torch::kCPU), real_images.to(torch::kCPU)}).add(1).div(2).clamp(0, 1);
+  save_image_grid(grid, real_images.size(0), path);
+}
+
+// The reference's checkpoint files (main.py save_checkpoint): the EMA and the raw
+// DenoisingDiffusionProbabilisticModel state dicts (its schedule buffers, then the UNet
+// under 'eps_model.') and optimization.ckpt with torch.optim.Adam's and
+// CosineAnnealingWarmRestarts' state dicts, so the reference code can load and resume them.
+void save_reference_checkpoint(Denoiser& denoiser, const ExponentialMovingAverage& ema, const Adam& optimizer,
+                               const CosineWarmRestarts& lr_schedule, const Scheduler& scheduler, std::int64_t step,
+                               std::int64_t epoch, const std::string& output_dir) {
+  const fs::path dir = fs::path(output_dir) / "checkpoints";
+  fs::create_directories(dir);
+  const StateDict buffers = ddpm_schedule_buffers(scheduler.betas());
+  auto ddpm_state = [&](const StateDict& unet) {
+    std::vector<std::pair<std::string, torch::Tensor>> ordered;
+    for (const char* key : {"betas", "alphas", "sigmas", "sqrt_alphas_inv", "alpha_bars", "sqrt_alpha_bars",
+                            "sqrt_one_minus_alpha_bars", "one_minus_alphas_over_sqrt_one_minus_alpha_bars"})
+      ordered.emplace_back(key, buffers.at(key));
+    for (const auto& p : denoiser.module().named_parameters()) ordered.emplace_back("eps_model." + p.key(), unet.at(p.key()));
+    for (const auto& b : denoiser.module().named_buffers()) ordered.emplace_back("eps_model." + b.key(), unet.at(b.key()));
+    return ordered;
+  };
+  write_state_dict_torch_save(ddpm_state(to_cpu(ema.averaged())),
+                              (dir / fmt::format("ema_averaged_model_{}.ckpt", step)).string());
+  write_state_dict_torch_save(ddpm_state(cpu_state_dict(denoiser.module())),
+                              (dir / fmt::format("model_{}.ckpt", step)).string());
+
+  const StateDict adam = optimizer.state();
+  TorchSaveObject state = TorchSaveObject::dict();
+  TorchSaveObject indices = TorchSaveObject::list();
+  const auto& params = optimizer.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    indices.append(static_cast<std::int64_t>(i));
+    auto m = adam.find("exp_avg." + params[i].first);
+    if (m == adam.end()) continue;
+    TorchSaveObject entry = TorchSaveObject::dict();
+    entry.set("step", torch::tensor(static_cast<float>(adam.at("step." + params[i].first).item<std::int64_t>())));
+    entry.set("exp_avg", m->second);
+    entry.set("exp_avg_sq", adam.at("exp_avg_sq." + params[i].first));
+    state.set(static_cast<std::int64_t>(i), entry);
+  }
+  const double lr = lr_schedule.at(step);
+  TorchSaveObject group = TorchSaveObject::dict();
+  group.set("lr", lr);
+  group.set("betas", TorchSaveObject::tuple({optimizer.beta1(), optimizer.beta2()}));
+  group.set("eps", optimizer.eps());
+  group.set("weight_decay", 0);
+  group.set("amsgrad", false);
+  group.set("maximize", false);
+  group.set("foreach", nullptr);
+  group.set("capturable", false);
+  group.set("differentiable", false);
+  group.set("fused", false);
+  group.set("initial_lr", lr_schedule.base_lr);
+  group.set("params", indices);
+  TorchSaveObject optimizer_state = TorchSaveObject::dict();
+  optimizer_state.set("state", state);
+  optimizer_state.set("param_groups", TorchSaveObject::list({group}));
+
+  std::int64_t t_cur = 0, t_i = 0;
+  lr_schedule.position(step, t_cur, t_i);
+  TorchSaveObject scheduler_state = TorchSaveObject::dict();
+  scheduler_state.set("T_0", lr_schedule.t_0);
+  scheduler_state.set("T_i", t_i);
+  scheduler_state.set("T_mult", lr_schedule.t_mult);
+  scheduler_state.set("eta_min", lr_schedule.eta_min);
+  scheduler_state.set("T_cur", t_cur);
+  scheduler_state.set("base_lrs", TorchSaveObject::list({lr_schedule.base_lr}));
+  scheduler_state.set("last_epoch", step);
+  scheduler_state.set("_step_count", step + 1);
+  scheduler_state.set("verbose", false);
+  scheduler_state.set("_get_lr_called_within_step", false);
+  scheduler_state.set("_last_lr", TorchSaveObject::list({lr}));
+
+  TorchSaveObject checkpoint = TorchSaveObject::dict();
+  checkpoint.set("global_step", step);
+  checkpoint.set("epoch", epoch);
+  checkpoint.set("optimizer", optimizer_state);
+  checkpoint.set("lr_scheduler", scheduler_state);
+  write_torch_save(checkpoint, (dir / "optimization.ckpt").string());
+}
+
+}  // namespace
+
+GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Scheduler& scheduler,
+                                      const DatasetReader& reader, const std::vector<Augmenter*>& augmenters,
+                                      const torch::Tensor& contexts, const Scheduler* preview,
+                                      const GeneratorTrainOptions& options, const std::string& output_dir) {
+  const std::int64_t dataset_size = reader.size();
+  if (dataset_size == 0) throw Error(kWho, "the dataset is empty: the reader found no images to train on");
+  const bool conditional = denoiser.context_size() > 0;
+  if (conditional) {
+    if (!contexts.defined())
+      throw Error(kWho, "the denoiser is context-conditional but no contexts were given; set `contexts`");
+    if (contexts.dim() != 2 || contexts.size(0) != dataset_size || contexts.size(1) != denoiser.context_size())
+      throw Error(kWho, fmt::format("contexts have shape [{}], expected [{}, {}]: one embedding of the denoiser's "
+                                    "context size per training image",
+                                    fmt::join(contexts.sizes(), ", "), dataset_size, denoiser.context_size()));
+  }
+  if (options.steps < 1 || options.batch_size < 1 || options.save_every < 1 || options.log_every < 1)
+    throw Error(kWho, "steps, batch_size, save_every and log_every must be at least 1");
+  if (options.context_dropout < 0 || options.context_dropout > 1)
+    throw Error(kWho, fmt::format("context_dropout must be in [0, 1], got {}", options.context_dropout));
+
+  fs::create_directories(output_dir);
+  torch::Device device(torch::kCPU);
+  for (const auto& p : denoiser.module().parameters()) {
+    device = p.device();
+    break;
+  }
+  codec.module().eval();
+  const std::int64_t T = scheduler.num_train_timesteps();
+
+  LoaderOptions lo;
+  lo.batch_size = options.batch_size;
+  lo.workers = options.workers;
+  lo.prefetch_batches = options.prefetch_batches;
+  lo.seed = options.seed;
+  lo.image_size = options.image_size;
+  lo.resize = true;
+  DataLoader loader(reader, augmenters, lo);
+  const std::int64_t batches_per_epoch = loader.batches_per_epoch();
+
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  for (const auto& p : denoiser.module().named_parameters())
+    if (p.value().requires_grad()) named.emplace_back(p.key(), p.value());
+  Adam optimizer(named);
+  const CosineWarmRestarts lr_schedule{options.lr, options.t_0 > 0 ? options.t_0 : std::numeric_limits<std::int64_t>::max(),
+                                      options.t_mult, options.eta_min};
+  const std::map<std::string, std::string> identity = {{"seed", std::to_string(options.seed)},
+                                                       {"batch_size", std::to_string(options.batch_size)},
+                                                       {"dataset_size", std::to_string(dataset_size)}};
+
+  std::int64_t start_step = 0;
+  std::string resume_from = options.resume ? latest_step_checkpoint(output_dir, &start_step) : "";
+  if (resume_from.empty()) {
+    start_step = 0;
+    fs::remove_all(fs::path(output_dir) / "checkpoints");
+  } else {
+    const std::string model_path = (fs::path(resume_from) / "model.safetensors").string();
+    const std::string state_path = (fs::path(resume_from) / "optimizer.safetensors").string();
+    std::map<std::string, std::string> meta;
+    const StateDict state = read_safetensors(state_path, &meta);
+    for (const auto& [key, value] : identity) {
+      auto it = meta.find(key);
+      if (it == meta.end() || it->second != value)
+        throw Error(state_path, fmt::format("this checkpoint was written with {} {}, this run has {}; resuming would "
+                                            "not continue the same training (set resume: false or run with --force)",
+                                            key, it == meta.end() ? "(unset)" : it->second, value));
+    }
+    load_state_dict(denoiser.module(), read_safetensors(model_path), LoadOptions{}, model_path);
+    optimizer.load_state(state, state_path);
+  }
+  ExponentialMovingAverage ema(denoiser.module(), options.ema);
+  if (!resume_from.empty()) {
+    const std::string ema_path = (fs::path(resume_from) / "ema.safetensors").string();
+    ema.load(read_safetensors(ema_path), ema_path);
+    ema.set_optimization_step(start_step);
+    if (options.progress)
+      *options.progress << fmt::format("[{}] resuming from {} (step {})", kWho, resume_from, start_step) << std::endl;
+  }
+
+  // The fixed preview batch: the first preview_count samples and their contexts.
+  torch::Tensor preview_images, preview_contexts;
+  if (preview && options.preview_count > 0) {
+    const std::int64_t n = std::min(options.preview_count, dataset_size);
+    std::vector<torch::Tensor> images;
+    for (std::int64_t i = 0; i < n; ++i) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(mix_seed(options.seed, 0x76697321ULL, i));
+      std::int64_t label = 0;
+      images.push_back(load_sample(reader, i, {}, gen, options.image_size, &label, /*resize=*/true));
+    }
+    preview_images = torch::stack(images).to(device);
+    if (conditional) preview_contexts = contexts.slice(0, 0, n).to(device);
+  }
+  auto save_preview = [&](std::int64_t step) {
+    if (!preview_images.defined()) return;
+    write_preview(denoiser, codec, *preview, ema, preview_images, preview_contexts, options.seed,
+                  (fs::path(output_dir) / "samples" / fmt::format("sample_{:06d}.png", step)).string());
+  };
+
+  auto save_resumable = [&](std::int64_t step) {
+    const fs::path dir = fs::path(output_dir) / "checkpoints";
+    const fs::path final_dir = dir / fmt::format("step-{}", step);
+    const fs::path tmp = dir / fmt::format(".step-{}.tmp-{}", step, ::getpid());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    write_safetensors(cpu_state_dict(denoiser.module()), (tmp / "model.safetensors").string());
+    write_safetensors(to_cpu(ema.averaged()), (tmp / "ema.safetensors").string());
+    auto meta = identity;
+    meta["step"] = std::to_string(step);
+    write_safetensors(optimizer.state(), (tmp / "optimizer.safetensors").string(), meta);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+  };
+
+  const std::string csv_path = (fs::path(output_dir) / "metrics.csv").string();
+  const std::string csv_header = "step,epoch,loss,lr,steps_per_s,images_per_s,data_wait,eta_s\n";
+  std::vector<std::string> csv_rows;
+  if (!resume_from.empty()) {  // keep the rows of the steps already done
+    std::ifstream in(csv_path);
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      const auto comma = line.find(',');
+      if (comma != std::string::npos && std::stoll(line.substr(0, comma)) <= start_step) csv_rows.push_back(line);
+    }
+  }
+  EventWriter events(output_dir);
+
+  GeneratorTrainSummary summary;
+  summary.start_step = start_step;
+  summary.events_file = events.path();
+  denoiser.module().train();
+  using Clock = std::chrono::steady_clock;
+  const auto run_start = Clock::now();
+  auto window_start = run_start;
+  double window_wait_start = loader.wait_seconds(), window_loss = 0;
+  std::int64_t window_steps = 0, window_images = 0;
+  bool first_window = true;
+
+  std::int64_t epoch = start_step / batches_per_epoch;
+  loader.start_epoch(epoch, start_step % batches_per_epoch);
+  for (std::int64_t step = start_step; step < options.steps; ++step) {
+    Batch batch;
+    if (!loader.next(batch)) {
+      loader.start_epoch(++epoch);
+      if (!loader.next(batch)) throw Error(kWho, "the data loader produced no batch");
+    }
+    // Every draw of this step (timesteps, noise, dropout mask, the UNet's own dropout)
+    // comes from a generator seeded by (seed, step): resuming reproduces the run exactly.
+    torch::manual_seed(mix_seed(options.seed, 0x67656eULL, static_cast<std::uint64_t>(step)));
+    const torch::Tensor images = batch.images.to(device);
+    torch::Tensor x0;
+    {
+      torch::NoGradGuard no_grad;
+      x0 = codec.encode(images);
+    }
+    const std::int64_t n = x0.size(0);
+    torch::Tensor context, dropout_mask;
+    if (conditional) {
+      context = contexts.index_select(0, batch.indices).to(device);
+      if (options.context_dropout > 0) dropout_mask = (torch::rand({n}) < options.context_dropout).to(device);
+    }
+    const torch::Tensor t = torch::randint(0, T, {n}, torch::kInt64).to(device);
+    const torch::Tensor eps = torch::randn_like(x0);
+    const torch::Tensor x_t = scheduler.add_noise(x0, eps, t);
+    const torch::Tensor predicted = denoiser.forward(x_t, t, context, dropout_mask);
+    if (!predicted.sizes().equals(eps.sizes()))
+      throw Error(kWho, fmt::format("the denoiser returned [{}] for latents [{}]; an eps-prediction model must return the "
+                                    "latent shape",
+                                    fmt::join(predicted.sizes(), ","), fmt::join(eps.sizes(), ",")));
+    const torch::Tensor loss = torch::mse_loss(predicted, eps);
+    optimizer.zero_grad();
+    loss.backward();
+    if (options.grad_clip > 0) {
+      std::vector<torch::Tensor> params;
+      for (const auto& [name, p] : optimizer.parameters()) params.push_back(p);
+      torch::nn::utils::clip_grad_norm_(params, options.grad_clip);
+    }
+    const double lr = lr_schedule.at(step);
+    optimizer.step(lr);
+    ema.step(denoiser.module());
+    const std::int64_t done = step + 1;
+    ++summary.steps;
+    window_loss += loss.item<double>();
+    ++window_steps;
+    window_images += n;
+
+    if (done % options.log_every == 0 || done == options.steps) {
+      const auto now = Clock::now();
+      const double window_seconds = std::max(1e-9, std::chrono::duration<double>(now - window_start).count());
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      const double mean_loss = window_loss / static_cast<double>(window_steps);
+      const double steps_per_s = static_cast<double>(window_steps) / window_seconds;
+      const double images_per_s = static_cast<double>(window_images) / window_seconds;
+      const double wait = std::min(1.0, (loader.wait_seconds() - window_wait_start) / window_seconds);
+      const double eta = elapsed / static_cast<double>(summary.steps) * static_cast<double>(options.steps - done);
+      if (options.progress)
+        *options.progress << fmt::format("[{}] step {}/{} loss {:.5f} lr {:.3g} {:.2f} steps/s {:.1f} img/s "
+                                         "data-wait {:.1f}% ETA {}",
+                                         kWho, done, options.steps, mean_loss, lr, steps_per_s, images_per_s, 100 * wait,
+                                         format_duration(eta))
+                          << std::endl;
+      csv_rows.push_back(fmt::format("{},{},{:.6f},{:.9g},{:.3f},{:.2f},{:.4f},{:.0f}", done, epoch + 1, mean_loss, lr,
+                                     steps_per_s, images_per_s, wait, eta));
+      write_file_atomic(csv_path, csv_header + fmt::format("{}\n", fmt::join(csv_rows, "\n")));
+      const double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      events.add_scalar("train/loss", static_cast<float>(mean_loss), done, wall);
+      events.add_scalar("train/lr", static_cast<float>(lr), done, wall);
+      events.add_scalar("train/steps_per_s", static_cast<float>(steps_per_s), done, wall);
+      events.add_scalar("train/ema_decay", static_cast<float>(ema.decay(ema.optimization_step() - 1)), done, wall);
+      if (first_window) summary.first_loss = mean_loss;
+      first_window = false;
+      summary.last_loss = mean_loss;
+      window_start = now;
+      window_wait_start = loader.wait_seconds();
+      window_loss = 0;
+      window_steps = window_images = 0;
+    }
+    if (options.sample_every > 0 && done % options.sample_every == 0 && done != options.steps) save_preview(done);
+    if (std::find(options.checkpoint_steps.begin(), options.checkpoint_steps.end(), done) !=
+            options.checkpoint_steps.end() ||
+        done == options.steps)
+      save_reference_checkpoint(denoiser, ema, optimizer, lr_schedule, scheduler, done, epoch, output_dir);
+    if (done % options.save_every == 0 || done == options.steps) save_resumable(done);
+  }
+
+  write_safetensors(to_cpu(ema.averaged()), (fs::path(output_dir) / "denoiser.safetensors").string());
+  write_safetensors(cpu_state_dict(denoiser.module()), (fs::path(output_dir) / "denoiser_raw.safetensors").string());
+  save_preview(options.steps);
+  const double seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
+  summary.steps_per_second = seconds > 0 ? static_cast<double>(summary.steps) / seconds : 0;
+  return summary;
+}
+
+}  // namespace admis::host

@@ -1,0 +1,81 @@
+// admis_contexts: identity context sources, the identity embeddings a conditional
+// denoiser samples from.
+//   gaussian      IDiff-Face's synthetic identities: normalised N(0, I) vectors
+//   npy           an (N, D) .npy of embeddings, as ADMIS reads elasticface_embeddings.npy
+//   image-folder  a folder of faces embedded by a backbone plugin (ADMIS extract_embed.py)
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
+#include "admis/sdk/plugin.h"
+#include "contexts.h"
+
+namespace admis::contexts {
+
+namespace fs = std::filesystem;
+
+void check_read_range(std::int64_t first, std::int64_t count, std::int64_t size, const std::string& plugin) {
+  if (first < 0 || count < 0 || first > size || count > size - first)
+    throw Error(plugin, "read(" + std::to_string(first) + ", " + std::to_string(count) + ") is outside the " +
+                            std::to_string(size) + " contexts available (indices 0.." + std::to_string(size - 1) + ")");
+}
+
+std::vector<std::string> list_face_images(const std::string& folder, const std::string& plugin) {
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) throw Error(plugin, "'" + folder + "' is not a folder");
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    if (!entry.is_regular_file()) continue;
+    std::string ext = entry.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg") names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> paths;
+  for (const auto& n : names) paths.push_back((fs::path(folder) / n).string());
+  return paths;
+}
+
+torch::Tensor read_face(const std::string& path) {
+  cv::Mat bgr;
+  try {
+    bgr = cv::imread(path, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    throw Error(path, std::string("cannot read the image: ") + e.what());
+  }
+  if (bgr.empty()) throw Error(path, "cannot read the image (missing, unreadable, or not a PNG/JPEG file)");
+  auto image = torch::empty({bgr.rows, bgr.cols, 3}, torch::kUInt8);
+  cv::Mat rgb(bgr.rows, bgr.cols, CV_8UC3, image.data_ptr<std::uint8_t>());
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return image;
+}
+
+torch::Tensor read_faces(const std::vector<std::string>& paths) {
+  std::vector<torch::Tensor> faces;
+  for (const auto& p : paths) {
+    faces.push_back(read_face(p));
+    if (faces.back().sizes() != faces.front().sizes())
+      throw Error(p, "the face is " + std::to_string(faces.back().size(0)) + "x" + std::to_string(faces.back().size(1)) +
+                         " but " + paths.front() + " is " + std::to_string(faces.front().size(0)) + "x" +
+                         std::to_string(faces.front().size(1)) + "; the faces of one read must share a size");
+  }
+  if (faces.empty()) return torch::empty({0, 0, 0, 3}, torch::kUInt8);
+  return torch::stack(faces);
+}
+
+torch::Tensor l2_normalize(const torch::Tensor& rows) {
+  return rows / rows.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+}  // namespace admis::contexts
+
+ADMIS_PLUGIN("admis_contexts", "1.0.0") {
+  admis::contexts::register_gaussian(registry);
+  admis::contexts::register_npy(registry);
+  admis::contexts::register_image_folder(registry);
+}
