@@ -15,6 +15,7 @@
 #include "admis/host/conformance.h"
 #include "admis/host/convert.h"
 #include "admis/host/forward.h"
+#include "admis/host/generation.h"
 #include "admis/host/manifest.h"
 #include "admis/host/registry.h"
 #include "admis/host/runtime.h"
@@ -155,10 +156,22 @@ struct ManifestArgs {
   std::string manifest;
   std::vector<std::string> sets;
   bool force = false;
+  std::string shard;  // INDEX/COUNT for every `sample` stage
 };
 
 Manifest load_and_validate(const ManifestArgs& a, Globals& g, Registry& registry) {
   YAML::Node root = load_manifest_yaml(a.manifest, a.sets);
+  if (!a.shard.empty()) {
+    parse_shard(a.shard, "--shard");
+    int sampling = 0;
+    if (root["stages"] && root["stages"].IsSequence())
+      for (auto stage : root["stages"])
+        if (stage.IsMap() && stage["stage"] && stage["stage"].as<std::string>() == "sample") {
+          stage["shard"] = a.shard;
+          ++sampling;
+        }
+    if (sampling == 0) throw Error(a.manifest, "--shard is given but the manifest has no `sample` stage");
+  }
   std::vector<std::string> paths = g.plugin_paths;
   for (const auto& p : manifest_plugin_paths(root, a.manifest)) paths.push_back(p);
   registry.discover(paths);
@@ -172,7 +185,10 @@ int cmd_manifest(const std::vector<std::string>& args, Globals& g, bool run) {
   own.add_options()("manifest", po::value<std::string>(&a.manifest)->required(), "manifest YAML file")(
       "set", po::value<std::vector<std::string>>(&a.sets)->composing(),
       "override a value: key.path=value (YAML), e.g. stages.NAME.plugin.params.margin=0.4");
-  if (run) own.add_options()("force", po::bool_switch(&a.force), "recompute stages that already finished");
+  if (run)
+    own.add_options()("force", po::bool_switch(&a.force), "recompute stages that already finished")(
+        "shard", po::value<std::string>(&a.shard),
+        "INDEX/COUNT: every `sample` stage takes the identities i with i mod COUNT == INDEX");
   po::positional_options_description pos;
   pos.add("manifest", 1);
   po::variables_map vm;

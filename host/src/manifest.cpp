@@ -478,4 +478,13 @@ std::shared_ptr<Plugin> create_from_entry(Kind kind, const std::string& entry, R
   }
 }
 
+AugmenterList create_augmenters(const std::vector<std::string>& entries, Runtime& runtime, const std::string& where) {
+  AugmenterList list;
+  for (const auto& entry : entries) {
+    list.plugins.push_back(create_from_entry(Kind::Augmenter, entry, runtime, where));
+    list.augmenters.push_back(&dynamic_cast<Augmenter&>(*list.plugins.back()));
+  }
+  return list;
+}
+
 }  // namespace admis::host

@@ -1,5 +1,7 @@
 #include "admis/host/text.h"
 
+#include <fmt/format.h>
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -58,6 +60,11 @@ namespace admis::host {
 std::string describe(const std::exception& e) {
   if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) return c10_error->what_without_backtrace();
   return e.what();
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<long long>(std::max(0.0, seconds) + 0.5);
+  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
 }
 
 }  // namespace admis::host

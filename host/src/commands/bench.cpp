@@ -53,18 +53,13 @@ double data_pipeline_images_per_second(const std::string& data, std::vector<std:
   auto& reader = dynamic_cast<DatasetReader&>(*reader_plugin);
   reader.open(spec.path);
   if (augmenter_entries.empty()) augmenter_entries = {"flip", "random-resized-crop p=0.2"};
-  std::vector<std::shared_ptr<Plugin>> owned;
-  std::vector<Augmenter*> augmenters;
-  for (const auto& entry : augmenter_entries) {
-    owned.push_back(create_from_entry(Kind::Augmenter, entry, runtime, "admis bench --augmenter"));
-    augmenters.push_back(&dynamic_cast<Augmenter&>(*owned.back()));
-  }
+  const AugmenterList augmenters = create_augmenters(augmenter_entries, runtime, "admis bench --augmenter");
   LoaderOptions options;
   options.batch_size = batch_size;
   options.workers = workers;
   options.seed = seed;
   options.image_size = image_size;
-  DataLoader loader(reader, augmenters, options);
+  DataLoader loader(reader, augmenters.augmenters, options);
   std::int64_t images = 0, epoch = 0;
   const auto start = Clock::now();
   loader.start_epoch(epoch);

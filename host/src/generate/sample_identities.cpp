@@ -12,6 +12,7 @@
 
 #include "admis/host/data_loader.h"
 #include "admis/host/generation.h"
+#include "admis/host/text.h"
 
 namespace fs = boost::filesystem;
 
@@ -20,11 +21,6 @@ namespace admis::host {
 namespace {
 
 constexpr const char* kWho = "sample";
-
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long long>(std::max(0.0, seconds) + 0.5);
-  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
-}
 
 // [H,W,3] uint8 RGB from a PNG/JPEG file.
 torch::Tensor read_rgb(const std::string& path) {

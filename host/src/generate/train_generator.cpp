@@ -14,7 +14,9 @@
 #include "admis/host/data_loader.h"
 #include "admis/host/event_writer.h"
 #include "admis/host/manifest.h"
+#include "admis/host/runtime.h"
 #include "admis/host/weights.h"
+#include "admis/host/text.h"
 
 namespace fs = boost::filesystem;
 
@@ -23,23 +25,6 @@ namespace admis::host {
 namespace {
 
 constexpr const char* kWho = "train_generator";
-
-StateDict cpu_state_dict(const torch::nn::Module& module) {
-  StateDict out;
-  for (const auto& [k, t] : module_state_dict(module)) out[k] = t.detach().to(torch::kCPU).contiguous();
-  return out;
-}
-
-StateDict to_cpu(const StateDict& tensors) {
-  StateDict out;
-  for (const auto& [k, t] : tensors) out[k] = t.detach().to(torch::kCPU).contiguous();
-  return out;
-}
-
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long long>(std::max(0.0, seconds) + 0.5);
-  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
-}
 
 // The newest complete checkpoints/step-<N> folder, or "".
 std::string latest_step_checkpoint(const std::string& output_dir, std::int64_t* step) {
@@ -124,7 +109,7 @@ void save_reference_checkpoint(Denoiser& denoiser, const ExponentialMovingAverag
     for (const auto& b : denoiser.module().named_buffers()) ordered.emplace_back("eps_model." + b.key(), unet.at(b.key()));
     return ordered;
   };
-  write_state_dict_torch_save(ddpm_state(to_cpu(ema.averaged())),
+  write_state_dict_torch_save(ddpm_state(cpu_copy(ema.averaged())),
                               (dir / fmt::format("ema_averaged_model_{}.ckpt", step)).string());
   write_state_dict_torch_save(ddpm_state(cpu_state_dict(denoiser.module())),
                               (dir / fmt::format("model_{}.ckpt", step)).string());
@@ -184,6 +169,58 @@ void save_reference_checkpoint(Denoiser& denoiser, const ExponentialMovingAverag
   write_torch_save(checkpoint, (dir / "optimization.ckpt").string());
 }
 
+// Continues a run of the reference code: <dir>/optimization.ckpt (Adam's state by parameter
+// index; its step is the global step), model_<step>.ckpt or model.ckpt (the raw weights) and
+// ema_averaged_model_<step>.ckpt or ema_averaged_model.ckpt, as main.py saves and restores them.
+std::int64_t load_reference_checkpoint(const std::string& dir, Denoiser& denoiser, Adam& optimizer, StateDict& ema) {
+  const fs::path folder(dir);
+  const std::string optimization = (folder / "optimization.ckpt").string();
+  if (!fs::is_regular_file(optimization))
+    throw Error(dir, "no optimization.ckpt: give the reference run's checkpoints folder");
+  const StateDict saved = read_weights(optimization);
+  StateDict adam;
+  std::int64_t step = -1;
+  const auto& params = optimizer.parameters();
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const std::string prefix = fmt::format("optimizer.state.{}.", i);
+    auto m = saved.find(prefix + "exp_avg"), v = saved.find(prefix + "exp_avg_sq"), t = saved.find(prefix + "step");
+    if (m == saved.end() || v == saved.end() || t == saved.end())
+      throw Error(optimization, fmt::format("no Adam state for parameter {} ({}): not an Adam checkpoint of this model",
+                                            i, params[i].first));
+    const auto param_step = static_cast<std::int64_t>(t->second.item<double>());
+    if (step >= 0 && param_step != step)
+      throw Error(optimization, fmt::format("parameters were stepped {} and {} times", step, param_step));
+    step = param_step;
+    adam["exp_avg." + params[i].first] = m->second;
+    adam["exp_avg_sq." + params[i].first] = v->second;
+    adam["step." + params[i].first] = torch::tensor(param_step, torch::kInt64);
+  }
+  if (saved.count(fmt::format("optimizer.state.{}.exp_avg", params.size())))
+    throw Error(optimization, fmt::format("Adam state for more than the model's {} parameters", params.size()));
+  optimizer.load_state(adam, optimization);
+  auto pick = [&](const std::string& stem) {
+    const fs::path numbered = folder / fmt::format("{}_{}.ckpt", stem, step), plain = folder / (stem + ".ckpt");
+    if (fs::is_regular_file(numbered)) return numbered.string();
+    if (fs::is_regular_file(plain)) return plain.string();
+    throw Error(dir, fmt::format("neither {} nor {} exists", numbered.filename().string(), plain.filename().string()));
+  };
+  // The DDPM wrapper's layout (main.py saves the wrapper's state dict), plus the plugin's own.
+  LoadOptions wrapper;
+  wrapper.strip_prefixes = {"module.", "eps_model."};
+  for (const auto& [key, value] : ddpm_schedule_buffers(torch::zeros({1}))) wrapper.ignore_keys.push_back(key);
+  const LoadOptions layout = with_layout(wrapper, denoiser);
+  const std::string model = pick("model");
+  load_state_dict(denoiser.module(), read_weights(model), layout, model);
+  // The EMA weights go through a copy of the module, so they are checked as strictly.
+  const std::string averaged = pick("ema_averaged_model");
+  StateDict raw;  // copies: the module's tensors are about to be overwritten
+  for (const auto& [k, t] : cpu_state_dict(denoiser.module())) raw[k] = t.clone();
+  load_state_dict(denoiser.module(), read_weights(averaged), layout, averaged);
+  for (const auto& [k, t] : cpu_state_dict(denoiser.module())) ema[k] = t.clone();
+  load_state_dict(denoiser.module(), raw, LoadOptions{}, model);
+  return step;
+}
+
 }  // namespace
 
 GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Scheduler& scheduler,
@@ -237,9 +274,17 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
 
   std::int64_t start_step = 0;
   std::string resume_from = options.resume ? latest_step_checkpoint(output_dir, &start_step) : "";
+  StateDict reference_ema;
   if (resume_from.empty()) {
     start_step = 0;
     fs::remove_all(fs::path(output_dir) / "checkpoints");
+    if (!options.resume_from_reference.empty()) {
+      start_step = load_reference_checkpoint(options.resume_from_reference, denoiser, optimizer, reference_ema);
+      if (options.progress)
+        *options.progress << fmt::format("[{}] continuing the reference checkpoint in {} (step {})", kWho,
+                                         options.resume_from_reference, start_step)
+                          << std::endl;
+    }
   } else {
     const std::string model_path = (fs::path(resume_from) / "model.safetensors").string();
     const std::string state_path = (fs::path(resume_from) / "optimizer.safetensors").string();
@@ -262,7 +307,13 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     ema.set_optimization_step(start_step);
     if (options.progress)
       *options.progress << fmt::format("[{}] resuming from {} (step {})", kWho, resume_from, start_step) << std::endl;
+  } else if (!reference_ema.empty()) {
+    ema.load(reference_ema, options.resume_from_reference);
+    ema.set_optimization_step(start_step);
   }
+  if (start_step >= options.steps)
+    throw Error(kWho, fmt::format("the checkpoint is at step {}, steps is {}: nothing left to train (raise steps)",
+                                  start_step, options.steps));
 
   // The fixed preview batch: the first preview_count samples and their contexts.
   torch::Tensor preview_images, preview_contexts;
@@ -290,7 +341,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     write_safetensors(cpu_state_dict(denoiser.module()), (tmp / "model.safetensors").string());
-    write_safetensors(to_cpu(ema.averaged()), (tmp / "ema.safetensors").string());
+    write_safetensors(cpu_copy(ema.averaged()), (tmp / "ema.safetensors").string());
     auto meta = identity;
     meta["step"] = std::to_string(step);
     write_safetensors(optimizer.state(), (tmp / "optimizer.safetensors").string(), meta);
@@ -410,7 +461,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     if (done % options.save_every == 0 || done == options.steps) save_resumable(done);
   }
 
-  write_safetensors(to_cpu(ema.averaged()), (fs::path(output_dir) / "denoiser.safetensors").string());
+  write_safetensors(cpu_copy(ema.averaged()), (fs::path(output_dir) / "denoiser.safetensors").string());
   write_safetensors(cpu_state_dict(denoiser.module()), (fs::path(output_dir) / "denoiser_raw.safetensors").string());
   save_preview(options.steps);
   const double seconds = std::chrono::duration<double>(Clock::now() - run_start).count();

@@ -138,6 +138,9 @@ StageType train_generator_stage() {
           ParamSpec::Int("prefetch", 8, "batches prepared ahead").at_least(1),
           ParamSpec::Int("log_every", 50, "steps between progress lines and metric rows").at_least(1),
           ParamSpec::Bool("resume", true, "continue from the newest checkpoint; false or --force starts over"),
+          ParamSpec::Path("resume_from_reference", "",
+                          "a reference run's checkpoints folder (optimization.ckpt, model_<N>.ckpt, "
+                          "ema_averaged_model_<N>.ckpt) to continue from when this stage has no checkpoint yet"),
       },
       [](const Params& keys, StageContext& ctx) {
         auto denoiser = create_role<Denoiser>(keys, "denoiser", ctx);
@@ -164,12 +167,7 @@ StageType train_generator_stage() {
                     << std::endl;
         }
 
-        std::vector<std::shared_ptr<Plugin>> owned;
-        std::vector<Augmenter*> augmenters;
-        for (const auto& entry : keys.get_strings("augmenters")) {
-          owned.push_back(create_from_entry(Kind::Augmenter, entry, ctx.runtime, ctx.stage_name));
-          augmenters.push_back(&dynamic_cast<Augmenter&>(*owned.back()));
-        }
+        const AugmenterList augmenters = create_augmenters(keys.get_strings("augmenters"), ctx.runtime, ctx.stage_name);
 
         GeneratorTrainOptions o;
         o.steps = keys.get_int("steps");
@@ -192,9 +190,10 @@ StageType train_generator_stage() {
         o.prefetch_batches = static_cast<int>(keys.get_int("prefetch"));
         o.log_every = keys.get_int("log_every");
         o.resume = keys.get_bool("resume") && !ctx.force;
+        o.resume_from_reference = keys.get_path("resume_from_reference");
         o.seed = ctx.runtime.seed();
         o.progress = &std::cerr;
-        const auto summary = train_generator(*denoiser, *codec, *scheduler, *reader, augmenters, contexts, sampler.get(),
+        const auto summary = train_generator(*denoiser, *codec, *scheduler, *reader, augmenters.augmenters, contexts, sampler.get(),
                                              o, ctx.output_dir);
         std::cerr << fmt::format("[{}] {} steps ({:.2f} steps/s), loss {:.5f} -> {:.5f}; EMA weights in {}",
                                  ctx.stage_name, summary.steps, summary.steps_per_second, summary.first_loss,
@@ -237,12 +236,7 @@ StageType sample_stage() {
         auto codec = create_role<Codec>(keys, "codec", ctx);
         auto scheduler = create_role<Scheduler>(keys, "scheduler", ctx);
         auto contexts = create_role<ContextSource>(keys, "contexts", ctx);
-        std::vector<std::shared_ptr<Plugin>> owned;
-        std::vector<Augmenter*> augmenters;
-        for (const auto& entry : keys.get_strings("augmenters")) {
-          owned.push_back(create_from_entry(Kind::Augmenter, entry, ctx.runtime, ctx.stage_name));
-          augmenters.push_back(&dynamic_cast<Augmenter&>(*owned.back()));
-        }
+        const AugmenterList augmenters = create_augmenters(keys.get_strings("augmenters"), ctx.runtime, ctx.stage_name);
         IdentitySamplingOptions o;
         o.first_identity = keys.get_int("first_identity");
         o.identities = keys.get_int("identities");
@@ -257,7 +251,7 @@ StageType sample_stage() {
         o.progress = &std::cerr;
         const std::string images_dir = (fs::path(ctx.output_dir) / "images").string();
         if (ctx.force) fs::remove_all(images_dir);
-        const auto summary = sample_identities(*denoiser, *codec, *scheduler, *contexts, augmenters, o, images_dir);
+        const auto summary = sample_identities(*denoiser, *codec, *scheduler, *contexts, augmenters.augmenters, o, images_dir);
         std::cerr << fmt::format("[{}] shard {}: {} identities ({} sampled, {} already complete) in {:.1f} s -> {}",
                                  ctx.stage_name, keys.get_string("shard"), summary.identities, summary.generated,
                                  summary.skipped, summary.seconds, images_dir)

@@ -66,12 +66,7 @@ StageType train_recognition_stage() {
                                          keys.get_plugin("head").name, head.out_features(), data_path, classes,
                                          classes));
 
-        std::vector<std::shared_ptr<Plugin>> augmenter_plugins;
-        std::vector<Augmenter*> augmenters;
-        for (const auto& entry : keys.get_strings("augmenters")) {
-          augmenter_plugins.push_back(create_from_entry(Kind::Augmenter, entry, ctx.runtime, where));
-          augmenters.push_back(&dynamic_cast<Augmenter&>(*augmenter_plugins.back()));
-        }
+        const AugmenterList augmenters = create_augmenters(keys.get_strings("augmenters"), ctx.runtime, where);
 
         TrainOptions o;
         o.epochs = keys.get_int("epochs");
@@ -92,7 +87,7 @@ StageType train_recognition_stage() {
         o.seed = ctx.runtime.seed();
         o.resume = keys.get_bool("resume") && !ctx.force;
         o.progress = &std::cerr;
-        const TrainSummary s = train_recognition(backbone, head, reader, augmenters, o, ctx.output_dir);
+        const TrainSummary s = train_recognition(backbone, head, reader, augmenters.augmenters, o, ctx.output_dir);
         std::cerr << fmt::format("  {} steps, {:.1f} img/s, data-wait {:.1f}%, last top1 {:.1f}% -> {}", s.steps,
                                  s.images_per_second, 100 * s.data_wait_fraction, 100 * s.last_top1, ctx.output_dir)
                   << std::endl;

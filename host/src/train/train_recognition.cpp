@@ -15,6 +15,7 @@
 #include "admis/host/event_writer.h"
 #include "admis/host/manifest.h"
 #include "admis/host/weights.h"
+#include "admis/host/text.h"
 
 namespace fs = boost::filesystem;
 
@@ -162,12 +163,6 @@ struct CheckpointMeta {
   std::int64_t global_step = 0;  // optimizer steps taken
 };
 
-StateDict cpu_state_dict(torch::nn::Module& module) {
-  StateDict out;
-  for (const auto& [k, t] : module_state_dict(module)) out[k] = t.detach().to(torch::kCPU).contiguous();
-  return out;
-}
-
 std::map<std::string, std::string> run_identity(const TrainOptions& o, std::int64_t dataset_size,
                                                 std::int64_t classes) {
   return {{"seed", std::to_string(o.seed)},
@@ -231,11 +226,6 @@ CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, He
   m.epoch = std::stoll(meta.at("epoch"));
   m.global_step = std::stoll(meta.at("global_step"));
   return m;
-}
-
-std::string format_duration(double seconds) {
-  const auto s = static_cast<long long>(std::max(0.0, seconds) + 0.5);
-  return fmt::format("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
 }
 
 // metrics.csv rows of an earlier run, up to (and including) `global_step`.

@@ -259,11 +259,7 @@ void write_safetensors(const StateDict& tensors, const std::string& path,
     ::unlink(tmp.c_str());
     throw;
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    throw Error(path, fmt::format("cannot rename {} over it: {}", tmp, std::strerror(err)));
-  }
+  weights_detail::publish_file(tmp, path);
 }
 
 }  // namespace admis::host

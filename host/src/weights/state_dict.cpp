@@ -2,6 +2,9 @@
 // `admis weights inspect / convert` commands.
 
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <algorithm>
 #include <cerrno>
@@ -129,6 +132,14 @@ StateDict module_state_dict(const torch::nn::Module& module) {
   return out;
 }
 
+StateDict cpu_copy(const StateDict& tensors) {
+  StateDict out;
+  for (const auto& [k, t] : tensors) out[k] = t.detach().to(torch::kCPU).contiguous();
+  return out;
+}
+
+StateDict cpu_state_dict(const torch::nn::Module& module) { return cpu_copy(module_state_dict(module)); }
+
 LoadReport load_state_dict(torch::nn::Module& module, const StateDict& weights, const LoadOptions& options,
                            const std::string& source) {
   const StateDict targets = module_state_dict(module);
@@ -225,6 +236,14 @@ void convert_weights(const std::string& in, const std::string& out, const std::v
   const auto slash = in.find_last_of('/');
   write_safetensors(renamed, out,
                     {{"format", "pt"}, {"converted_from", slash == std::string::npos ? in : in.substr(slash + 1)}});
+}
+
+void weights_detail::publish_file(const std::string& tmp, const std::string& path) {
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw Error(path, fmt::format("cannot rename {} over it: {}", tmp, std::strerror(err)));
+  }
 }
 
 }  // namespace admis::host

@@ -24,4 +24,8 @@ std::string shape_string(torch::IntArrayRef shape);
 // Removes each prefix in turn from the start of `key` when the key starts with it.
 std::string strip_prefixes(std::string key, const std::vector<std::string>& prefixes);
 
+// Renames the finished temporary file `tmp` over `path` (atomic on one file system); on
+// failure removes `tmp` and throws naming both.
+void publish_file(const std::string& tmp, const std::string& path);
+
 }  // namespace admis::host::weights_detail

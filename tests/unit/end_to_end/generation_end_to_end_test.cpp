@@ -139,4 +139,11 @@ stages:
   ASSERT_EQ(again.status, 0) << again.output;
   EXPECT_THAT(again.output, ::testing::Not(::testing::HasSubstr("[train_generator] step")));
   EXPECT_EQ(read_file(root / "runs/syn/images/1/0.png"), before);
+
+  // A shard of the same run finds its identities complete and leaves the set alone.
+  const auto shard = test::run_command(test::admis_exe() + " --threads 2 run " + (root / "generate.yaml").string() +
+                                       " --shard 1/2");
+  ASSERT_EQ(shard.status, 0) << shard.output;
+  EXPECT_THAT(shard.output, ::testing::HasSubstr("shard 1/2: 2 identities (0 sampled, 2 already complete)"));
+  EXPECT_EQ(read_file(root / "runs/syn/images/1/0.png"), before);
 }

@@ -260,6 +260,33 @@ TEST(TrainGenerator, ResumeContinuesBitForBit) {
   for (const auto& [k, v] : oa) EXPECT_TRUE(torch::equal(v, ob.at(k))) << k;
 }
 
+TEST(TrainGenerator, ContinuesAReferenceCheckpointBitForBit) {
+  const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
+  auto run = [&](const std::string& dir, std::int64_t steps, const std::string& reference) {
+    torch::manual_seed(0);
+    test::TinyDenoiser model;
+    test::IdentityCodec codec;
+    test::ToyReader reader(6, 8);
+    auto ddpm = scheduler("ddpm");
+    auto o = tiny_options(steps);
+    o.preview_count = 0;
+    o.resume_from_reference = reference;
+    train_generator(model, codec, *ddpm, reader, {}, contexts, nullptr, o, dir);
+  };
+  const std::string straight = test::temp_dir("ref_straight"), first = test::temp_dir("ref_first"),
+                    continued = test::temp_dir("ref_continued");
+  run(straight, 40, "");
+  run(first, 30, "");  // its checkpoints/ hold model_30.ckpt, ema_averaged_model_30.ckpt, optimization.ckpt
+  fs::remove_all(fs::path(first) / "checkpoints" / "step-30");  // only the reference-layout files remain
+  run(continued, 40, first + "/checkpoints");
+  for (const char* f : {"denoiser.safetensors", "denoiser_raw.safetensors"}) {
+    const StateDict a = read_safetensors(straight + "/" + f), b = read_safetensors(continued + "/" + f);
+    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << f << ": " << k;
+  }
+  const std::string msg = test::error_of([&] { run(test::temp_dir("ref_missing"), 40, straight); });
+  EXPECT_THAT(msg, ::testing::HasSubstr("no optimization.ckpt"));
+}
+
 TEST(TrainGenerator, RejectsContextsThatDoNotFit) {
   test::TinyDenoiser model;
   test::IdentityCodec codec;

@@ -88,4 +88,11 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // as stage lists such as `augmenters: [flip, "random-resized-crop p=0.2"]` write them.
 std::shared_ptr<Plugin> create_from_entry(Kind kind, const std::string& entry, Runtime& runtime, const std::string& where);
 
+// The augmenters a stage's `augmenters` list names, in order; `plugins` keeps them alive.
+struct AugmenterList {
+  std::vector<std::shared_ptr<Plugin>> plugins;
+  std::vector<Augmenter*> augmenters;
+};
+AugmenterList create_augmenters(const std::vector<std::string>& entries, Runtime& runtime, const std::string& where);
+
 }  // namespace admis::host

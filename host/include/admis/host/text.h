@@ -19,4 +19,7 @@ std::string describe(const std::exception& e);
 // A parameter value as a manifest would spell it.
 std::string format_value(const Value& v);
 
+// A duration as H:MM:SS (progress lines' ETA).
+std::string format_duration(double seconds);
+
 }  // namespace admis::host

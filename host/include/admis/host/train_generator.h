@@ -37,6 +37,10 @@ struct GeneratorTrainOptions {
   int prefetch_batches = 4;
   std::uint64_t seed = 0;
   bool resume = true;
+  // A checkpoints folder written by the reference code (or by admis in its layout) to continue
+  // from when this run has no checkpoint of its own: optimization.ckpt, model_<N>.ckpt,
+  // ema_averaged_model_<N>.ckpt (or the unnumbered names the reference restores).
+  std::string resume_from_reference;
   std::int64_t log_every = 50;
   std::ostream* progress = nullptr;
 };

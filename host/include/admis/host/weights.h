@@ -27,6 +27,10 @@ StateDict read_weights(const std::string& path);
 
 // The module's parameters and buffers by dotted name (as state_dict() in Python).
 StateDict module_state_dict(const torch::nn::Module& module);
+// The same, detached, contiguous and on the CPU, for writing checkpoints (CPU tensors are
+// not copied: they share storage with the module).
+StateDict cpu_state_dict(const torch::nn::Module& module);
+StateDict cpu_copy(const StateDict& tensors);
 
 // Copies `weights` into `module`, converting dtype and device. With options.strict, throws
 // admis::Error naming `source` and listing every missing / unexpected / mismatched key.
