@@ -17,6 +17,7 @@
 #include "admis/host/runtime.h"
 #include "admis/host/weights.h"
 #include "admis/host/text.h"
+#include "admis/host/train_recognition.h"
 
 namespace fs = boost::filesystem;
 
@@ -25,26 +26,6 @@ namespace admis::host {
 namespace {
 
 constexpr const char* kWho = "train_generator";
-
-// The newest complete checkpoints/step-<N> folder, or "".
-std::string latest_step_checkpoint(const std::string& output_dir, std::int64_t* step) {
-  const fs::path dir = fs::path(output_dir) / "checkpoints";
-  if (!fs::is_directory(dir)) return "";
-  std::int64_t best = -1;
-  std::string best_path;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("step-", 0) != 0 || !fs::is_directory(entry.path())) continue;
-    const std::string digits = name.substr(5);
-    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    if (std::stoll(digits) > best) {
-      best = std::stoll(digits);
-      best_path = entry.path().string();
-    }
-  }
-  *step = best;
-  return best_path;
-}
 
 // Copies `weights` into the module's parameters and buffers, returning what was there.
 StateDict swap_weights(torch::nn::Module& module, const StateDict& weights) {
@@ -273,7 +254,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
                                                        {"dataset_size", std::to_string(dataset_size)}};
 
   std::int64_t start_step = 0;
-  std::string resume_from = options.resume ? latest_step_checkpoint(output_dir, &start_step) : "";
+  std::string resume_from = options.resume ? latest_checkpoint(output_dir, "step-", &start_step) : "";
   StateDict reference_ema;
   if (resume_from.empty()) {
     start_step = 0;

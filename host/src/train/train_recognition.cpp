@@ -137,22 +137,22 @@ double LrSchedule::at(std::int64_t epoch, std::int64_t global_step) const {
   return lr;
 }
 
-std::string latest_checkpoint(const std::string& output_dir) {
+std::string latest_checkpoint(const std::string& output_dir, const std::string& prefix, std::int64_t* number) {
   const fs::path dir = fs::path(output_dir) / "checkpoints";
-  if (!fs::is_directory(dir)) return "";
   std::int64_t best = -1;
   std::string best_path;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind("epoch-", 0) != 0 || !fs::is_directory(entry.path())) continue;
-    const std::string digits = name.substr(6);
-    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    const std::int64_t n = std::stoll(digits);
-    if (n > best) {
-      best = n;
-      best_path = entry.path().string();
+  if (fs::is_directory(dir))
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(prefix, 0) != 0 || !fs::is_directory(entry.path())) continue;
+      const std::string digits = name.substr(prefix.size());
+      if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+      if (std::stoll(digits) > best) {
+        best = std::stoll(digits);
+        best_path = entry.path().string();
+      }
     }
-  }
+  if (number) *number = best;
   return best_path;
 }
 
@@ -286,7 +286,7 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   const auto identity = run_identity(options, dataset_size, classes);
 
   CheckpointMeta at;
-  const std::string resume_from = options.resume ? latest_checkpoint(output_dir) : "";
+  const std::string resume_from = options.resume ? latest_checkpoint(output_dir, "epoch-") : "";
   if (!resume_from.empty()) {
     at = load_checkpoint(resume_from, backbone, head, optimizer, identity);
     if (options.progress)

@@ -111,7 +111,9 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
                                const std::vector<Augmenter*>& augmenters, const TrainOptions& options,
                                const std::string& output_dir);
 
-// The newest complete checkpoint folder in `output_dir`, or "" when there is none.
-std::string latest_checkpoint(const std::string& output_dir);
+// The newest complete checkpoint folder <output_dir>/checkpoints/<prefix><N> (largest N, also
+// stored in `number`), or "" when there is none.
+std::string latest_checkpoint(const std::string& output_dir, const std::string& prefix = "epoch-",
+                              std::int64_t* number = nullptr);
 
 }  // namespace admis::host
