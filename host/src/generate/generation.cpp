@@ -160,6 +160,27 @@ void Adam::load_state(const StateDict& state, const std::string& source) {
     throw Error(source, fmt::format("{} optimizer tensors belong to parameters this model does not have", state.size() - used));
 }
 
+bool LossScaler::unscale(const std::vector<torch::Tensor>& parameters) const {
+  torch::NoGradGuard no_grad;
+  bool finite = true;
+  for (const auto& p : parameters) {
+    if (!p.grad().defined()) continue;
+    p.grad().div_(scale_);
+    finite = finite && torch::isfinite(p.grad()).all().item<bool>();
+  }
+  return finite;
+}
+
+void LossScaler::update(bool finite) {
+  if (!finite) {
+    scale_ *= 0.5;
+    growth_tracker_ = 0;
+  } else if (++growth_tracker_ == growth_interval_) {
+    scale_ *= 2.0;
+    growth_tracker_ = 0;
+  }
+}
+
 void CosineWarmRestarts::position(std::int64_t step, std::int64_t& t_cur, std::int64_t& t_i) const {
   t_cur = step;
   t_i = t_0;

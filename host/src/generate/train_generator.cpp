@@ -1,6 +1,7 @@
 // Identity-conditioned diffusion training: see train_generator.h.
 #include "admis/host/train_generator.h"
 
+#include <ATen/autocast_mode.h>
 #include <boost/filesystem.hpp>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -26,6 +27,34 @@ namespace admis::host {
 namespace {
 
 constexpr const char* kWho = "train_generator";
+
+// Autocast for the forward pass: float16 on CUDA ("16"), bfloat16 on the CPU or CUDA ("bf16").
+class AutocastGuard {
+ public:
+  AutocastGuard(const std::string& precision, const torch::Device& device)
+      : cuda_(device.is_cuda()), active_(precision != "32") {
+    if (!active_) return;
+    const auto dtype = precision == "16" ? at::kHalf : at::kBFloat16;
+    if (cuda_) {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(true);
+    } else {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(true);
+    }
+  }
+  ~AutocastGuard() {
+    if (!active_) return;
+    if (cuda_) at::autocast::set_enabled(false);
+    else at::autocast::set_cpu_enabled(false);
+    at::autocast::clear_cache();
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  bool cuda_, active_;
+};
 
 // Copies `weights` into the module's parameters and buffers, returning what was there.
 StateDict swap_weights(torch::nn::Module& module, const StateDict& weights) {
@@ -247,11 +276,21 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
   for (const auto& p : denoiser.module().named_parameters())
     if (p.value().requires_grad()) named.emplace_back(p.key(), p.value());
   Adam optimizer(named);
+  std::vector<torch::Tensor> parameters;
+  for (const auto& [name, p] : named) parameters.push_back(p);
+  const std::string precision = options.precision;
+  if (precision != "32" && precision != "16" && precision != "bf16")
+    throw Error(kWho, fmt::format("precision '{}': choose 32, 16 (CUDA) or bf16", precision));
+  if (precision == "16" && !device.is_cuda())
+    throw Error(kWho, "precision 16 (float16 autocast with loss scaling) needs a CUDA device (--device cuda); on the "
+                      "CPU use bf16 or 32");
+  LossScaler scaler;
   const CosineWarmRestarts lr_schedule{options.lr, options.t_0 > 0 ? options.t_0 : std::numeric_limits<std::int64_t>::max(),
                                       options.t_mult, options.eta_min};
   const std::map<std::string, std::string> identity = {{"seed", std::to_string(options.seed)},
                                                        {"batch_size", std::to_string(options.batch_size)},
-                                                       {"dataset_size", std::to_string(dataset_size)}};
+                                                       {"dataset_size", std::to_string(dataset_size)},
+                                                       {"precision", options.precision}};
 
   std::int64_t start_step = 0;
   std::string resume_from = options.resume ? latest_checkpoint(output_dir, "step-", &start_step) : "";
@@ -280,6 +319,8 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     }
     load_state_dict(denoiser.module(), read_safetensors(model_path), LoadOptions{}, model_path);
     optimizer.load_state(state, state_path);
+    if (meta.count("loss_scale"))
+      scaler.restore(std::stod(meta.at("loss_scale")), std::stoll(meta.at("loss_scale_growth_tracker")));
   }
   ExponentialMovingAverage ema(denoiser.module(), options.ema);
   if (!resume_from.empty()) {
@@ -325,6 +366,8 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     write_safetensors(cpu_copy(ema.averaged()), (tmp / "ema.safetensors").string());
     auto meta = identity;
     meta["step"] = std::to_string(step);
+    meta["loss_scale"] = fmt::format("{:.17g}", scaler.scale());
+    meta["loss_scale_growth_tracker"] = std::to_string(scaler.growth_tracker());
     write_safetensors(optimizer.state(), (tmp / "optimizer.safetensors").string(), meta);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
@@ -381,21 +424,32 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     const torch::Tensor t = torch::randint(0, T, {n}, torch::kInt64).to(device);
     const torch::Tensor eps = torch::randn_like(x0);
     const torch::Tensor x_t = scheduler.add_noise(x0, eps, t);
-    const torch::Tensor predicted = denoiser.forward(x_t, t, context, dropout_mask);
+    torch::Tensor predicted;
+    {
+      const AutocastGuard autocast(precision, device);
+      predicted = denoiser.forward(x_t, t, context, dropout_mask);
+    }
     if (!predicted.sizes().equals(eps.sizes()))
       throw Error(kWho, fmt::format("the denoiser returned [{}] for latents [{}]; an eps-prediction model must return the "
                                     "latent shape",
                                     fmt::join(predicted.sizes(), ","), fmt::join(eps.sizes(), ",")));
-    const torch::Tensor loss = torch::mse_loss(predicted, eps);
+    const torch::Tensor loss = torch::mse_loss(predicted.to(torch::kFloat32), eps);
     optimizer.zero_grad();
-    loss.backward();
-    if (options.grad_clip > 0) {
-      std::vector<torch::Tensor> params;
-      for (const auto& [name, p] : optimizer.parameters()) params.push_back(p);
-      torch::nn::utils::clip_grad_norm_(params, options.grad_clip);
-    }
     const double lr = lr_schedule.at(step);
-    optimizer.step(lr);
+    if (precision == "16") {
+      // GradScaler: backward on the scaled loss, unscale, skip the step on inf/NaN.
+      (loss * scaler.scale()).backward();
+      const bool finite = scaler.unscale(parameters);
+      if (finite) {
+        if (options.grad_clip > 0) torch::nn::utils::clip_grad_norm_(parameters, options.grad_clip);
+        optimizer.step(lr);
+      }
+      scaler.update(finite);
+    } else {
+      loss.backward();
+      if (options.grad_clip > 0) torch::nn::utils::clip_grad_norm_(parameters, options.grad_clip);
+      optimizer.step(lr);
+    }
     ema.step(denoiser.module());
     const std::int64_t done = step + 1;
     ++summary.steps;

@@ -128,6 +128,10 @@ StageType train_generator_stage() {
           ParamSpec::Float("ema_min", 0.0, "smallest EMA decay").range(0, 1),
           ParamSpec::Float("ema_max", 0.9999, "largest EMA decay").range(0, 1),
           ParamSpec::Float("grad_clip", 0.0, "clip the gradients' global L2 norm to this; 0: off").at_least(0),
+          ParamSpec::String("precision", "32",
+                            "32; 16: float16 autocast with dynamic loss scaling on CUDA (the reference's precision "
+                            "16); bf16: bfloat16 autocast (CPU or CUDA)")
+              .one_of({"32", "16", "bf16"}),
           ParamSpec::IntList("checkpoint_steps", {},
                              "steps at which ema_averaged_model_<N>.ckpt, model_<N>.ckpt and optimization.ckpt are "
                              "written in the reference's layout (the last step always is)"),
@@ -182,6 +186,7 @@ StageType train_generator_stage() {
         o.ema.min_value = keys.get_float("ema_min");
         o.ema.max_value = keys.get_float("ema_max");
         o.grad_clip = keys.get_float("grad_clip");
+        o.precision = keys.get_string("precision");
         o.checkpoint_steps = keys.get_ints("checkpoint_steps");
         o.save_every = keys.get_int("save_every");
         o.sample_every = keys.get_int("sample_every");

@@ -5,7 +5,9 @@
 // resumable).
 #include <boost/filesystem.hpp>
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "admis/host/generation.h"
@@ -285,6 +287,60 @@ TEST(TrainGenerator, ContinuesAReferenceCheckpointBitForBit) {
   }
   const std::string msg = test::error_of([&] { run(test::temp_dir("ref_missing"), 40, straight); });
   EXPECT_THAT(msg, ::testing::HasSubstr("no optimization.ckpt"));
+}
+
+TEST(LossScaler, UnscalesSkipsNonFiniteStepsAndGrows) {
+  LossScaler scaler(1024.0, 3);
+  torch::Tensor p = torch::zeros({2}, torch::requires_grad());
+  p.mutable_grad() = torch::full({2}, 512.0);
+  EXPECT_TRUE(scaler.unscale({p}));
+  EXPECT_TRUE(torch::equal(p.grad(), torch::full({2}, 0.5)));
+  scaler.update(true);
+  scaler.update(true);
+  EXPECT_EQ(scaler.scale(), 1024.0);
+  scaler.update(true);  // growth_interval finite steps in a row
+  EXPECT_EQ(scaler.scale(), 2048.0);
+  p.mutable_grad() = torch::tensor({1.0f, std::numeric_limits<float>::infinity()});
+  EXPECT_FALSE(scaler.unscale({p}));
+  scaler.update(false);
+  EXPECT_EQ(scaler.scale(), 1024.0);
+  EXPECT_EQ(scaler.growth_tracker(), 0);
+}
+
+TEST(TrainGenerator, Bfloat16AutocastTrainsAndResumesExactly) {
+  const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
+  auto run = [&](const std::string& dir, std::int64_t steps) {
+    torch::manual_seed(0);
+    test::TinyDenoiser model;
+    test::IdentityCodec codec;
+    test::ToyReader reader(6, 8);
+    auto ddpm = scheduler("ddpm");
+    auto o = tiny_options(steps);
+    o.preview_count = 0;
+    o.precision = "bf16";
+    return train_generator(model, codec, *ddpm, reader, {}, contexts, nullptr, o, dir);
+  };
+  const std::string straight = test::temp_dir("bf16_straight"), resumed = test::temp_dir("bf16_resumed");
+  const auto summary = run(straight, 60);
+  std::cout << "bf16 loss " << summary.first_loss << " -> " << summary.last_loss << std::endl;
+  EXPECT_TRUE(std::isfinite(summary.last_loss));
+  EXPECT_LT(summary.last_loss, summary.first_loss);
+  run(resumed, 30);
+  run(resumed, 60);
+  const StateDict a = read_safetensors(straight + "/denoiser_raw.safetensors"),
+                  b = read_safetensors(resumed + "/denoiser_raw.safetensors");
+  for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
+
+  test::TinyDenoiser model;
+  test::IdentityCodec codec;
+  test::ToyReader reader(6, 8);
+  auto ddpm = scheduler("ddpm");
+  auto o = tiny_options(1);
+  o.precision = "16";
+  EXPECT_THAT(test::error_of([&] {
+                train_generator(model, codec, *ddpm, reader, {}, contexts, nullptr, o, test::temp_dir("fp16_cpu"));
+              }),
+              ::testing::HasSubstr("precision 16 (float16 autocast with loss scaling) needs a CUDA device"));
 }
 
 TEST(TrainGenerator, RejectsContextsThatDoNotFit) {

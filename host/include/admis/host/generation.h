@@ -69,6 +69,31 @@ class Adam {
   std::vector<std::int64_t> steps_;
 };
 
+// Dynamic loss scaling for float16 training (torch.cuda.amp.GradScaler's defaults, as
+// Lightning's precision=16 uses them): the loss is multiplied by `scale` before backward;
+// unscale() divides the gradients back and reports whether any is inf/NaN; update() halves
+// the scale after such a step (which the caller skips) and doubles it after
+// `growth_interval` finite steps in a row.
+class LossScaler {
+ public:
+  explicit LossScaler(double scale = 65536.0, std::int64_t growth_interval = 2000)
+      : scale_(scale), growth_interval_(growth_interval) {}
+  double scale() const { return scale_; }
+  std::int64_t growth_tracker() const { return growth_tracker_; }
+  void restore(double scale, std::int64_t growth_tracker) {
+    scale_ = scale;
+    growth_tracker_ = growth_tracker;
+  }
+  // Divides every defined gradient by the scale; true when all are finite.
+  bool unscale(const std::vector<torch::Tensor>& parameters) const;
+  void update(bool finite);
+
+ private:
+  double scale_;
+  std::int64_t growth_interval_;
+  std::int64_t growth_tracker_ = 0;
+};
+
 // torch.optim.lr_scheduler.CosineAnnealingWarmRestarts stepped once per optimizer step:
 // after `step` scheduler steps, T_cur and T_i follow its bookkeeping and
 // lr = eta_min + (base - eta_min) (1 + cos(pi T_cur / T_i)) / 2.

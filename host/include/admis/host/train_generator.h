@@ -29,6 +29,9 @@ struct GeneratorTrainOptions {
   double context_dropout = 0.25;    // probability that a sample's context is replaced by the empty context
   EmaOptions ema;
   double grad_clip = 0;             // max global L2 norm of the gradients; 0: off
+  // "32": float32. "16": float16 autocast with dynamic loss scaling (CUDA only; the reference
+  // trains with Lightning's precision 16). "bf16": bfloat16 autocast (CPU or CUDA), no scaling.
+  std::string precision = "32";
   std::vector<std::int64_t> checkpoint_steps;  // steps at which the released-layout .ckpt files are written
   std::int64_t save_every = 1000;   // steps between resumable checkpoints (the last step is always saved)
   std::int64_t sample_every = 0;    // steps between preview grids; 0: only at the end
