@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <sstream>
 
@@ -50,6 +51,32 @@ GeneratorTrainOptions tiny_options(std::int64_t steps) {
   o.log_every = 10;
   o.seed = 3;
   return o;
+}
+
+// A fresh tiny denoiser (same initial weights every call) trained for `steps` on the toy set
+// in `dir`, without previews; `adjust` edits the options first.
+GeneratorTrainSummary train_tiny(const std::string& dir, std::int64_t steps, bool flip = false,
+                                 const std::function<void(GeneratorTrainOptions&)>& adjust = {}) {
+  const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
+  torch::manual_seed(0);
+  test::TinyDenoiser model;
+  test::IdentityCodec codec;
+  test::ToyReader reader(6, 8);
+  test::ToyFlip toy_flip;
+  auto ddpm = scheduler("ddpm");
+  auto o = tiny_options(steps);
+  o.preview_count = 0;
+  if (adjust) adjust(o);
+  std::vector<Augmenter*> augmenters;
+  if (flip) augmenters.push_back(&toy_flip);
+  return train_generator(model, codec, *ddpm, reader, augmenters, contexts, nullptr, o, dir);
+}
+
+// Every tensor of <a>/<file> equals the one of <b>/<file>, bit for bit.
+void expect_same_tensors(const std::string& a, const std::string& b, const std::string& file) {
+  const StateDict x = read_safetensors(a + "/" + file), y = read_safetensors(b + "/" + file);
+  ASSERT_EQ(x.size(), y.size()) << file;
+  for (const auto& [k, v] : x) EXPECT_TRUE(torch::equal(v, y.at(k))) << file << ": " << k;
 }
 
 }  // namespace
@@ -236,44 +263,18 @@ print('state', len(opt.state), 'lr %.17g' % sched.get_last_lr()[0], 'step', floa
 }
 
 TEST(TrainGenerator, ResumeContinuesBitForBit) {
-  const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
-  auto run = [&](const std::string& dir, std::int64_t steps) {
-    torch::manual_seed(0);
-    test::TinyDenoiser model;
-    test::IdentityCodec codec;
-    test::ToyReader reader(6, 8);
-    test::ToyFlip flip;
-    auto ddpm = scheduler("ddpm");
-    auto o = tiny_options(steps);
-    o.preview_count = 0;
-    train_generator(model, codec, *ddpm, reader, {&flip}, contexts, nullptr, o, dir);
-  };
+  auto run = [](const std::string& dir, std::int64_t steps) { train_tiny(dir, steps, /*flip=*/true); };
   const std::string straight = test::temp_dir("gen_straight"), resumed = test::temp_dir("gen_resumed");
   run(straight, 30);
   run(resumed, 20);  // stops at a checkpoint, as a killed run resumes from its last one
   run(resumed, 30);
-  for (const char* f : {"denoiser.safetensors", "denoiser_raw.safetensors"}) {
-    const StateDict a = read_safetensors(straight + "/" + f), b = read_safetensors(resumed + "/" + f);
-    ASSERT_EQ(a.size(), b.size());
-    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << f << ": " << k;
-  }
-  const StateDict oa = read_safetensors(straight + "/checkpoints/step-30/optimizer.safetensors");
-  const StateDict ob = read_safetensors(resumed + "/checkpoints/step-30/optimizer.safetensors");
-  for (const auto& [k, v] : oa) EXPECT_TRUE(torch::equal(v, ob.at(k))) << k;
+  for (const char* f : {"denoiser.safetensors", "denoiser_raw.safetensors", "checkpoints/step-30/optimizer.safetensors"})
+    expect_same_tensors(straight, resumed, f);
 }
 
 TEST(TrainGenerator, ContinuesAReferenceCheckpointBitForBit) {
-  const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
-  auto run = [&](const std::string& dir, std::int64_t steps, const std::string& reference) {
-    torch::manual_seed(0);
-    test::TinyDenoiser model;
-    test::IdentityCodec codec;
-    test::ToyReader reader(6, 8);
-    auto ddpm = scheduler("ddpm");
-    auto o = tiny_options(steps);
-    o.preview_count = 0;
-    o.resume_from_reference = reference;
-    train_generator(model, codec, *ddpm, reader, {}, contexts, nullptr, o, dir);
+  auto run = [](const std::string& dir, std::int64_t steps, const std::string& reference) {
+    train_tiny(dir, steps, false, [&](GeneratorTrainOptions& o) { o.resume_from_reference = reference; });
   };
   const std::string straight = test::temp_dir("ref_straight"), first = test::temp_dir("ref_first"),
                     continued = test::temp_dir("ref_continued");
@@ -281,10 +282,7 @@ TEST(TrainGenerator, ContinuesAReferenceCheckpointBitForBit) {
   run(first, 30, "");  // its checkpoints/ hold model_30.ckpt, ema_averaged_model_30.ckpt, optimization.ckpt
   fs::remove_all(fs::path(first) / "checkpoints" / "step-30");  // only the reference-layout files remain
   run(continued, 40, first + "/checkpoints");
-  for (const char* f : {"denoiser.safetensors", "denoiser_raw.safetensors"}) {
-    const StateDict a = read_safetensors(straight + "/" + f), b = read_safetensors(continued + "/" + f);
-    for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << f << ": " << k;
-  }
+  for (const char* f : {"denoiser.safetensors", "denoiser_raw.safetensors"}) expect_same_tensors(straight, continued, f);
   const std::string msg = test::error_of([&] { run(test::temp_dir("ref_missing"), 40, straight); });
   EXPECT_THAT(msg, ::testing::HasSubstr("no optimization.ckpt"));
 }
@@ -309,16 +307,8 @@ TEST(LossScaler, UnscalesSkipsNonFiniteStepsAndGrows) {
 
 TEST(TrainGenerator, Bfloat16AutocastTrainsAndResumesExactly) {
   const torch::Tensor contexts = test::TableContexts(48, 8).read(0, 48).embeddings;
-  auto run = [&](const std::string& dir, std::int64_t steps) {
-    torch::manual_seed(0);
-    test::TinyDenoiser model;
-    test::IdentityCodec codec;
-    test::ToyReader reader(6, 8);
-    auto ddpm = scheduler("ddpm");
-    auto o = tiny_options(steps);
-    o.preview_count = 0;
-    o.precision = "bf16";
-    return train_generator(model, codec, *ddpm, reader, {}, contexts, nullptr, o, dir);
+  auto run = [](const std::string& dir, std::int64_t steps) {
+    return train_tiny(dir, steps, false, [](GeneratorTrainOptions& o) { o.precision = "bf16"; });
   };
   const std::string straight = test::temp_dir("bf16_straight"), resumed = test::temp_dir("bf16_resumed");
   const auto summary = run(straight, 60);
@@ -327,9 +317,7 @@ TEST(TrainGenerator, Bfloat16AutocastTrainsAndResumesExactly) {
   EXPECT_LT(summary.last_loss, summary.first_loss);
   run(resumed, 30);
   run(resumed, 60);
-  const StateDict a = read_safetensors(straight + "/denoiser_raw.safetensors"),
-                  b = read_safetensors(resumed + "/denoiser_raw.safetensors");
-  for (const auto& [k, v] : a) EXPECT_TRUE(torch::equal(v, b.at(k))) << k;
+  expect_same_tensors(straight, resumed, "denoiser_raw.safetensors");
 
   test::TinyDenoiser model;
   test::IdentityCodec codec;
