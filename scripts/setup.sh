@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache git pkg-config
   libtorch-dev libopenblas0-openmp
+  libjemalloc-dev               # the admis executable's allocator (see host/main.cpp)
   libopencv-dev
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   libfmt-dev libyaml-cpp-dev nlohmann-json3-dev

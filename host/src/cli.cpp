@@ -5,6 +5,7 @@
 
 #include "admis/host/commands.h"
 
+#include <boost/algorithm/string.hpp>
 #include <boost/filesystem.hpp>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -61,8 +62,8 @@ const char* kUsage = R"(usage: admis [global options] COMMAND [options]
 
 commands:
   plugins [--json]                 list every plugin with its parameters
-  validate MANIFEST [--set k=v]    check a manifest against the plugins' schemas
-  run MANIFEST [--set k=v]         run a manifest's stages
+  validate MANIFEST [--set k=v]    check a manifest against the plugins' schemas and its required files
+  run MANIFEST [--set k=v] [--stages A,B] [--shard I/N] [--force]   run a manifest's stages
   forward KIND/NAME --in F --out F run one plugin on named tensors
   weights inspect FILE             keys, dtypes, shapes, parameter count
   weights convert IN OUT [--strip-prefix P]   any checkpoint -> safetensors
@@ -157,6 +158,7 @@ struct ManifestArgs {
   std::vector<std::string> sets;
   bool force = false;
   std::string shard;  // INDEX/COUNT for every `sample` stage
+  std::string stages;  // comma-separated stage names to run (default: all)
 };
 
 Manifest load_and_validate(const ManifestArgs& a, Globals& g, Registry& registry) {
@@ -185,6 +187,8 @@ int cmd_manifest(const std::vector<std::string>& args, Globals& g, bool run) {
   own.add_options()("manifest", po::value<std::string>(&a.manifest)->required(), "manifest YAML file")(
       "set", po::value<std::vector<std::string>>(&a.sets)->composing(),
       "override a value: key.path=value (YAML), e.g. stages.NAME.plugin.params.margin=0.4");
+  own.add_options()("stages", po::value<std::string>(&a.stages),
+                    "NAME[,NAME...]: only these stages (run: the others are left as they are)");
   if (run)
     own.add_options()("force", po::bool_switch(&a.force), "recompute stages that already finished")(
         "shard", po::value<std::string>(&a.shard),
@@ -199,13 +203,17 @@ int cmd_manifest(const std::vector<std::string>& args, Globals& g, bool run) {
     return 0;
   Registry registry;
   Manifest m = load_and_validate(a, g, registry);
+  std::vector<std::string> only;
+  if (!a.stages.empty()) boost::algorithm::split(only, a.stages, [](char c) { return c == ','; });
+  check_stage_names(m, only);
+  check_required_files(m, only);
   if (!run) {
     std::cout << fmt::format("{}: valid ({} stages, output to {})\n", a.manifest, m.stages.size(), m.output_dir);
     return 0;
   }
   g.settings.seed = vm["seed"].defaulted() ? m.seed : g.settings.seed;
   Runtime runtime(registry, g.settings);
-  run_manifest(m, runtime, a.force);
+  run_manifest(m, runtime, a.force, only);
   std::cout << fmt::format("done: outputs in {}\n", m.output_dir);
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -251,7 +252,8 @@ Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const
   Manifest m;
   m.path = fs::absolute(path).lexically_normal().string();
   m.dir = fs::path(m.path).parent_path().string();
-  static const std::vector<std::string> top_keys = {"version", "output_dir", "seed", "plugin_paths", "stages"};
+  static const std::vector<std::string> top_keys = {"version",      "output_dir",     "seed",
+                                                    "plugin_paths", "required_files", "stages"};
   for (const auto& item : root) {
     const std::string key = item.first.Scalar();
     if (std::find(top_keys.begin(), top_keys.end(), key) == top_keys.end())
@@ -271,6 +273,24 @@ Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const
     m.seed = static_cast<std::uint64_t>(v.as<std::int64_t>());
   }
   m.plugin_paths = manifest_plugin_paths(root, path);
+  if (YAML::Node files = root["required_files"]) {
+    if (!files.IsSequence())
+      throw Error(line_of(path, files), "'required_files' must be a list of {path: ..., from: ...} entries");
+    for (const auto& entry : files) {
+      const std::string where = line_of(path, entry);
+      if (!entry.IsMap() || !entry["path"] || !entry["path"].IsScalar())
+        throw Error(where, "each required_files entry needs 'path' (and 'from': where the file comes from)");
+      for (const auto& item : entry) {
+        const std::string key = item.first.Scalar();
+        if (key != "path" && key != "from")
+          throw Error(line_of(path, item.first),
+                      fmt::format("unknown key '{}' in a required_files entry; keys are: path, from", key));
+      }
+      const fs::path file(entry["path"].Scalar());
+      m.required_files.push_back({(file.is_absolute() ? file : fs::path(m.dir) / file).lexically_normal().string(),
+                                  entry["from"] ? entry["from"].Scalar() : std::string(), where});
+    }
+  }
 
   YAML::Node stages = root["stages"];
   if (!stages || !stages.IsSequence() || stages.size() == 0)
@@ -360,6 +380,18 @@ void emit_stage(YAML::Emitter& e, const ResolvedStage& s) {
 }
 
 // Every string a stage's values hold that names an existing file (inputs, weights, ...).
+// Every string a value holds (nested plugins' parameters and weights included).
+void collect_strings(const Value& v, std::vector<std::string>& out) {
+  if (v.holds<std::string>()) out.push_back(v.as<std::string>());
+  if (v.holds<std::vector<std::string>>())
+    for (const auto& t : v.as<std::vector<std::string>>()) out.push_back(t);
+  if (v.holds<std::shared_ptr<const PluginSpec>>()) {
+    const PluginSpec& p = *v.as<std::shared_ptr<const PluginSpec>>();
+    out.push_back(p.weights);
+    for (const auto& [k, inner] : p.params) collect_strings(inner, out);
+  }
+}
+
 void collect_files(const Value& v, std::vector<std::string>& files) {
   auto consider = [&](const std::string& text) {
     boost::system::error_code ec;
@@ -395,6 +427,71 @@ std::string read_text(const std::string& path) {
 
 }  // namespace
 
+std::string file_problem(const std::string& path) {
+  boost::system::error_code ec;
+  if (!fs::exists(path, ec)) return "missing";
+  if (fs::is_directory(path, ec)) return fs::directory_iterator(path) == fs::directory_iterator() ? "an empty folder" : "";
+  std::ifstream in(path, std::ios::binary);
+  char head[16] = {};
+  in.read(head, sizeof head);
+  const std::size_t n = static_cast<std::size_t>(in.gcount());
+  if (n == 0) return "an empty file";
+  const std::string ext = boost::algorithm::to_lower_copy(fs::path(path).extension().string());
+  const std::string start(head, n);
+  if (start.rfind("<!DOCTYPE", 0) == 0 || start.rfind("<html", 0) == 0 || start.rfind("<HTML", 0) == 0)
+    return "an HTML page, not the file (a download link that needs confirmation?)";
+  auto expect = [&](bool ok, const char* what) { return ok ? std::string() : fmt::format("not {}", what); };
+  if (ext == ".pt" || ext == ".pth" || ext == ".ckpt")
+    return expect(start.rfind("PK\x03\x04", 0) == 0, "a torch.save zip file (PyTorch >= 1.6 format)");
+  if (ext == ".safetensors") {
+    std::uint64_t header = 0;
+    for (int i = 7; i >= 0; --i) header = (header << 8) | static_cast<unsigned char>(head[i]);
+    return expect(n >= 9 && head[8] == '{' && header >= 2 && header + 8 <= fs::file_size(path, ec),
+                  "a safetensors file");
+  }
+  if (ext == ".npy") return expect(start.rfind("\x93NUMPY", 0) == 0, "a NumPy .npy file");
+  if (ext == ".bin") return expect(static_cast<unsigned char>(head[0]) == 0x80, "a pickled insightface .bin set");
+  return "";
+}
+
+void check_required_files(const Manifest& m, const std::vector<std::string>& only) {
+  // With --stages, a file that only unselected stages use is not needed now.
+  auto needed = [&](const RequiredFile& f) {
+    if (only.empty()) return true;
+    bool used_by_any = false;
+    for (const auto& s : m.stages) {
+      std::vector<std::string> strings;
+      for (const auto& [key, value] : s.keys.values()) collect_strings(value, strings);
+      // The stage names the file itself, or a folder it lies in (e.g. evaluate's `data`).
+      const bool uses = std::any_of(strings.begin(), strings.end(), [&](const std::string& text) {
+        if (text.empty() || f.path.compare(0, text.size(), text) != 0) return false;
+        return f.path.size() == text.size() || text.back() == '/' || f.path[text.size()] == '/';
+      });
+      if (!uses) continue;
+      if (std::find(only.begin(), only.end(), s.name) != only.end()) return true;
+      used_by_any = true;
+    }
+    return !used_by_any;
+  };
+  std::string problems;
+  int count = 0;
+  std::size_t checked = 0;
+  for (const auto& f : m.required_files) {
+    if (!needed(f)) continue;
+    ++checked;
+    const std::string problem = file_problem(f.path);
+    if (problem.empty()) continue;
+    ++count;
+    problems += fmt::format("\n  {} ({}; listed at {})\n      from: {}", f.path, problem, f.where,
+                            f.from.empty() ? "(the manifest does not say)" : f.from);
+  }
+  if (count == 0) return;
+  throw Error(m.path, fmt::format("{} of the {} required files {} missing or unusable:{}\nPut each file at the path "
+                                  "shown (paths in required_files are relative to the manifest's folder), or change "
+                                  "the paths in required_files.",
+                                  count, checked, count == 1 ? "is" : "are", problems));
+}
+
 std::string resolved_manifest_yaml(const Manifest& m) {
   YAML::Emitter e;
   e << YAML::Comment(fmt::format("resolved from {}: every default filled in, paths absolute", m.path));
@@ -403,6 +500,13 @@ std::string resolved_manifest_yaml(const Manifest& m) {
   e << YAML::Key << "output_dir" << YAML::Value << m.output_dir;
   e << YAML::Key << "seed" << YAML::Value << m.seed;
   e << YAML::Key << "plugin_paths" << YAML::Value << YAML::Flow << m.plugin_paths;
+  if (!m.required_files.empty()) {
+    e << YAML::Key << "required_files" << YAML::Value << YAML::BeginSeq;
+    for (const auto& f : m.required_files)
+      e << YAML::BeginMap << YAML::Key << "path" << YAML::Value << f.path << YAML::Key << "from" << YAML::Value
+        << f.from << YAML::EndMap;
+    e << YAML::EndSeq;
+  }
   e << YAML::Key << "stages" << YAML::Value << YAML::BeginSeq;
   for (const auto& s : m.stages) emit_stage(e, s);
   e << YAML::EndSeq << YAML::EndMap;
@@ -429,7 +533,17 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   }
 }
 
-void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
+void check_stage_names(const Manifest& m, const std::vector<std::string>& only) {
+  std::vector<std::string> names;
+  for (const auto& s : m.stages) names.push_back(s.name);
+  for (const auto& name : only)
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      throw Error(m.path, fmt::format("--stages names '{}', which is not a stage of this manifest{}; stages are: {}", name,
+                                      did_you_mean(name, names), join(names, ", ")));
+}
+
+void run_manifest(const Manifest& m, Runtime& runtime, bool force, const std::vector<std::string>& only) {
+  check_stage_names(m, only);
   fs::create_directories(m.output_dir);
   write_file_atomic((fs::path(m.output_dir) / "manifest.resolved.yaml").string(), resolved_manifest_yaml(m));
   const std::size_t n = m.stages.size();
@@ -437,6 +551,11 @@ void run_manifest(const Manifest& m, Runtime& runtime, bool force) {
   bool upstream_ran = force;
   for (std::size_t i = 0; i < n; ++i) {
     const ResolvedStage& s = m.stages[i];
+    if (!only.empty() && std::find(only.begin(), only.end(), s.name) == only.end()) {
+      std::cerr << fmt::format("[{}/{}] {} not selected by --stages, left as it is", i + 1, n, stage_label(s))
+                << std::endl;
+      continue;
+    }
     StageContext ctx{runtime, s.name, (fs::path(m.output_dir) / s.name).string(), force};
     const std::string stamp = (fs::path(ctx.output_dir) / kStageDoneFile).string();
     const std::string fingerprint = stage_fingerprint(s, m.seed);

@@ -1,9 +1,10 @@
 #pragma once
 // The identity context sources and what they share: the range check of read(), the face
 // folders ADMIS keeps next to its embeddings (context_database/images), image decoding
-// and the L2 normalisation of embeddings.
+// and encoding, embedding faces with a backbone, and the L2 normalisation of embeddings.
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,16 @@ namespace admis::contexts {
 void register_gaussian(FactoryList& registry);
 void register_npy(FactoryList& registry);
 void register_image_folder(FactoryList& registry);
+void register_ddpm_faces(FactoryList& registry);
+
+// SplitMix64's finaliser: consecutive inputs give unrelated outputs. Seeds per-index
+// generators, so that context i depends on (seed, i) alone.
+inline std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
 
 // Throws unless 0 <= first, 0 <= count and first + count <= size.
 void check_read_range(std::int64_t first, std::int64_t count, std::int64_t size, const std::string& plugin);
@@ -29,6 +40,19 @@ torch::Tensor read_face(const std::string& path);
 // Decodes `paths` and stacks them to [K,H,W,3] uint8; all must share one size (the error
 // names the first file that differs).
 torch::Tensor read_faces(const std::vector<std::string>& paths);
+
+// Writes [H,W,3] uint8 RGB as a PNG file that appears atomically (a hidden temporary file
+// in the same folder, then a rename).
+void write_face_png(const std::string& path, const torch::Tensor& face);
+
+// Embeds `count` faces with `backbone` (eval mode, no gradients), as ADMIS extract_embed.py
+// does: face_at(i) gives [H,W,3] uint8 RGB, which becomes ToTensor + Normalize(0.5, 0.5),
+// i.e. [-1,1], resized to the network's input (bilinear, as torchvision's tensor resize).
+// With flip_sum the horizontally flipped face's embedding is added, as verification does.
+// Returns [count,D] float32 on the CPU, not normalised.
+torch::Tensor embed_faces(Backbone& backbone, Host& host, std::size_t count,
+                          const std::function<torch::Tensor(std::size_t)>& face_at, bool flip_sum,
+                          std::int64_t batch_size);
 
 // Rows divided by their L2 norm (clamped at 1e-12, as torch.nn.functional.normalize), in
 // the tensor's own dtype.

@@ -9,14 +9,6 @@
 namespace admis::contexts {
 namespace {
 
-// SplitMix64's finaliser: consecutive inputs give unrelated outputs.
-std::uint64_t mix(std::uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 class Gaussian : public ContextSource {
  public:
   explicit Gaussian(const Params& p)
@@ -36,7 +28,7 @@ class Gaussian : public ContextSource {
     return {l2_normalize(rows), torch::Tensor()};
   }
 
-  std::uint64_t index_seed(std::int64_t index) const { return mix(mix(seed_) ^ static_cast<std::uint64_t>(index)); }
+  std::uint64_t index_seed(std::int64_t index) const { return splitmix64(splitmix64(seed_) ^ static_cast<std::uint64_t>(index)); }
 
  private:
   std::int64_t count_, embedding_size_;

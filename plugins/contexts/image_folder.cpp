@@ -26,7 +26,8 @@ class ImageFolderSource : public ContextSource {
       throw Error(kName, "no face images (.png, .jpg, .jpeg) directly inside '" + root_ +
                              "' (the faces must be files of that folder, not of subfolders)");
     auto backbone = host.create_as<Backbone>(p.get_plugin("backbone"));
-    embeddings_ = embed_all(*backbone, host, p.get_bool("flip_sum"), p.get_int("batch_size"));
+    embeddings_ = embed_faces(*backbone, host, files_.size(), [this](std::size_t i) { return read_face(files_[i]); },
+                              p.get_bool("flip_sum"), p.get_int("batch_size"));
     if (p.get_bool("normalize")) embeddings_ = l2_normalize(embeddings_);
     host.log(LogLevel::Info, kName,
              "embedded " + std::to_string(files_.size()) + " faces from " + root_ + " with " +
@@ -48,31 +49,6 @@ class ImageFolderSource : public ContextSource {
   }
 
  private:
-  torch::Tensor embed_all(Backbone& backbone, Host& host, bool flip_sum, std::int64_t batch_size) {
-    torch::NoGradGuard no_grad;
-    backbone.module().eval();
-    const std::int64_t side = backbone.input_size();
-    std::vector<torch::Tensor> parts;
-    for (std::size_t start = 0; start < files_.size(); start += static_cast<std::size_t>(batch_size)) {
-      const std::size_t end = std::min(files_.size(), start + static_cast<std::size_t>(batch_size));
-      std::vector<torch::Tensor> batch;
-      for (std::size_t i = start; i < end; ++i) batch.push_back(to_network_input(read_face(files_[i]), side));
-      const torch::Tensor images = torch::stack(batch).to(host.device());
-      torch::Tensor e = backbone.forward(images);
-      if (flip_sum) e = e + backbone.forward(images.flip({3}));
-      parts.push_back(e.to(torch::kCPU, torch::kFloat32));
-    }
-    return torch::cat(parts).contiguous();
-  }
-
-  // [H,W,3] uint8 RGB -> [3,side,side] float32 in [-1,1].
-  static torch::Tensor to_network_input(const torch::Tensor& face, std::int64_t side) {
-    torch::Tensor x = face.permute({2, 0, 1}).to(torch::kFloat32).div(255).sub(0.5).div(0.5);
-    if (x.size(1) != side || x.size(2) != side)
-      x = at::upsample_bilinear2d(x.unsqueeze(0), {side, side}, /*align_corners=*/false).squeeze(0);
-    return x.contiguous();
-  }
-
   std::string root_;
   std::vector<std::string> files_;
   torch::Tensor embeddings_;  // [K,D] float32 on the CPU

@@ -3,6 +3,8 @@
 //   gaussian      IDiff-Face's synthetic identities: normalised N(0, I) vectors
 //   npy           an (N, D) .npy of embeddings, as ADMIS reads elasticface_embeddings.npy
 //   image-folder  a folder of faces embedded by a backbone plugin (ADMIS extract_embed.py)
+//   ddpm-faces    faces drawn from an unconditional diffusion model, aligned and embedded
+//                 (ADMIS's context-enhanced sampling)
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -68,6 +70,48 @@ torch::Tensor read_faces(const std::vector<std::string>& paths) {
   return torch::stack(faces);
 }
 
+void write_face_png(const std::string& path, const torch::Tensor& face) {
+  if (face.dim() != 3 || face.size(2) != 3 || face.scalar_type() != torch::kUInt8)
+    throw Error(path, "expected an [H,W,3] uint8 RGB face, got " + c10::str(face.sizes()) + " " +
+                          std::string(c10::toString(face.scalar_type())));
+  const torch::Tensor rgb = face.contiguous();
+  cv::Mat bgr;
+  cv::cvtColor(cv::Mat(static_cast<int>(rgb.size(0)), static_cast<int>(rgb.size(1)), CV_8UC3,
+                       const_cast<std::uint8_t*>(rgb.data_ptr<std::uint8_t>())),
+               bgr, cv::COLOR_RGB2BGR);
+  const fs::path target(path);
+  const fs::path temporary = target.parent_path() / ("." + target.stem().string() + ".tmp.png");
+  if (!cv::imwrite(temporary.string(), bgr)) throw Error(temporary.string(), "cannot write the PNG image");
+  std::error_code ec;
+  fs::rename(temporary, target, ec);
+  if (ec) throw Error(path, "cannot publish the PNG image: " + ec.message());
+}
+
+torch::Tensor embed_faces(Backbone& backbone, Host& host, std::size_t count,
+                          const std::function<torch::Tensor(std::size_t)>& face_at, bool flip_sum,
+                          std::int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  backbone.module().eval();
+  const std::int64_t side = backbone.input_size();
+  std::vector<torch::Tensor> parts;
+  for (std::size_t start = 0; start < count; start += static_cast<std::size_t>(batch_size)) {
+    const std::size_t end = std::min(count, start + static_cast<std::size_t>(batch_size));
+    std::vector<torch::Tensor> batch;
+    for (std::size_t i = start; i < end; ++i) {
+      torch::Tensor x = face_at(i).permute({2, 0, 1}).to(torch::kFloat32).div(255).sub(0.5).div(0.5);
+      if (x.size(1) != side || x.size(2) != side)
+        x = at::upsample_bilinear2d(x.unsqueeze(0), {side, side}, /*align_corners=*/false).squeeze(0);
+      batch.push_back(x.contiguous());
+    }
+    const torch::Tensor images = torch::stack(batch).to(host.device());
+    torch::Tensor e = backbone.forward(images);
+    if (flip_sum) e = e + backbone.forward(images.flip({3}));
+    parts.push_back(e.to(torch::kCPU, torch::kFloat32));
+  }
+  if (parts.empty()) return torch::empty({0, backbone.embedding_size()}, torch::kFloat32);
+  return torch::cat(parts).contiguous();
+}
+
 torch::Tensor l2_normalize(const torch::Tensor& rows) {
   return rows / rows.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
 }
@@ -78,4 +122,5 @@ ADMIS_PLUGIN("admis_contexts", "1.0.0") {
   admis::contexts::register_gaussian(registry);
   admis::contexts::register_npy(registry);
   admis::contexts::register_image_folder(registry);
+  admis::contexts::register_ddpm_faces(registry);
 }

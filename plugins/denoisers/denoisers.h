@@ -6,5 +6,6 @@
 namespace admis::denoisers {
 
 void register_idiff_unet(FactoryList& registry);  // idiff-unet
+void register_adm_unet(FactoryList& registry);    // adm-unet
 
 }  // namespace admis::denoisers

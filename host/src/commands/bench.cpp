@@ -1,8 +1,10 @@
 // `admis bench`: throughput of a backbone (+ head) on this machine, reported with the
 // machine noted. Benchmarks, not tests, measure speed (the test suite never times code).
+#include <boost/filesystem.hpp>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -18,6 +20,7 @@
 #include "admis/host/runtime.h"
 #include "admis/host/text.h"
 
+namespace fs = boost::filesystem;
 namespace po = boost::program_options;
 
 namespace admis::host {
@@ -74,16 +77,29 @@ double data_pipeline_images_per_second(const std::string& data, std::vector<std:
   return images / std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// A plugin of `kind` from its name and "key=value" settings (values as YAML).
+template <class T>
+std::shared_ptr<T> create_with_sets(Runtime& runtime, Kind kind, const std::string& name,
+                                    const std::vector<std::string>& sets) {
+  const std::string owner = std::string(to_string(kind)) + "/" + name;
+  auto raw = parse_set_options(sets, runtime.registry().get(kind, name).factory->params, runtime.registry(), owner);
+  auto plugin = std::dynamic_pointer_cast<T>(runtime.create(kind, name, raw));
+  if (!plugin) throw Error(owner, "plugin does not implement its kind's interface");
+  return plugin;
+}
+
 // The denoiser's forward time at batch 1 and `batch` (eval, inference mode, random
-// latents and contexts), and images/s of a whole `steps`-step ddim-admis sampling run.
-int bench_denoiser(const std::string& name, const std::vector<std::string>& sets, int latent_size, int batch, int steps,
-                   int iterations, int warmup, Globals& g) {
-  if (latent_size < 1 || steps < 1) throw Error("admis bench", "--latent-size and --sample-steps must be at least 1");
+// latents and contexts), and images/s of a whole sampling run of `scheduler` (default:
+// ddim-admis with `steps` steps; `steps` 0 skips the run).
+int bench_denoiser(const std::string& name, const std::vector<std::string>& sets, const std::string& scheduler_name,
+                   const std::vector<std::string>& scheduler_sets, int latent_size, int batch, int steps, int iterations,
+                   int warmup, Globals& g) {
+  if (latent_size < 1 || steps < 0)
+    throw Error("admis bench", "--latent-size must be at least 1 and --sample-steps at least 0");
   Registry registry;
   registry.discover(g.plugin_paths);
   Runtime runtime(registry, g.settings);
-  auto raw = parse_set_options(sets, registry.get(Kind::Denoiser, name).factory->params, registry, "denoiser/" + name);
-  auto denoiser = std::dynamic_pointer_cast<Denoiser>(runtime.create(Kind::Denoiser, name, raw));
+  auto denoiser = create_with_sets<Denoiser>(runtime, Kind::Denoiser, name, sets);
   denoiser->module().eval();
   std::int64_t parameters = 0;
   for (const auto& p : denoiser->module().parameters()) parameters += p.numel();
@@ -112,8 +128,10 @@ int bench_denoiser(const std::string& name, const std::vector<std::string>& sets
                              b / seconds);
     if (b == batch) break;
   }
-  auto scheduler = std::dynamic_pointer_cast<Scheduler>(
-      runtime.create(Kind::Scheduler, "ddim-admis", {{"num_inference_steps", Value(std::int64_t{steps})}}));
+  if (steps == 0) return 0;
+  std::vector<std::string> all_scheduler_sets = scheduler_sets;
+  if (scheduler_name == "ddim-admis") all_scheduler_sets.insert(all_scheduler_sets.begin(), fmt::format("num_inference_steps={}", steps));
+  auto scheduler = create_with_sets<Scheduler>(runtime, Kind::Scheduler, scheduler_name, all_scheduler_sets);
   const torch::Tensor x_T = torch::randn({batch, denoiser->in_channels(), latent_size, latent_size}, options);
   torch::Tensor context;
   if (denoiser->context_size() > 0)
@@ -124,8 +142,35 @@ int bench_denoiser(const std::string& name, const std::vector<std::string>& sets
   sample_reverse(*denoiser, *scheduler, x_T, context, 1.0, generator);
   sync();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  std::cout << fmt::format("  ddim-admis {} steps, batch {:<4}        {:8.3f} s  ({:.3f} images/s, latents only)\n",
-                           scheduler->num_steps(), batch, seconds, batch / seconds);
+  std::cout << fmt::format("  {} {} steps, batch {:<4}        {:8.3f} s  ({:.3f} images/s, latents only)\n",
+                           scheduler_name, scheduler->num_steps(), batch, seconds, batch / seconds);
+  return 0;
+}
+
+// Creating a context source and reading all its contexts, e.g. ddpm-faces drawing,
+// aligning and embedding its faces; a source with a `root` folder gets a fresh one.
+int bench_contexts(const std::string& name, std::vector<std::string> sets, Globals& g) {
+  Registry registry;
+  registry.discover(g.plugin_paths);
+  Runtime runtime(registry, g.settings);
+  const auto& schema = registry.get(Kind::ContextSource, name).factory->params;
+  const bool has_root = std::any_of(schema.begin(), schema.end(), [](const ParamSpec& p) { return p.name == "root"; });
+  const bool root_given =
+      std::any_of(sets.begin(), sets.end(), [](const std::string& s) { return s.rfind("root=", 0) == 0; });
+  fs::path scratch;
+  if (has_root && !root_given) {
+    scratch = fs::temp_directory_path() / fs::unique_path("admis-bench-%%%%-%%%%");
+    sets.push_back("root=" + scratch.string());
+  }
+  std::cout << "machine: " << machine_description(runtime.threads()) << ", device " << runtime.device() << "\n";
+  const auto start = Clock::now();
+  auto source = create_with_sets<ContextSource>(runtime, Kind::ContextSource, name, sets);
+  const IdentityContexts all = source->read(0, source->size());
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::cout << fmt::format("context-source {}: {} contexts of size {} in {:.2f} s ({:.3f} contexts/s){}\n", name,
+                           source->size(), source->embedding_size(), seconds, source->size() / seconds,
+                           all.faces.defined() ? fmt::format(", faces {}", fmt::join(all.faces.sizes().vec(), "x")) : "");
+  if (!scratch.empty()) fs::remove_all(scratch);
   return 0;
 }
 
@@ -141,8 +186,8 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   std::string backbone_name = "ir", head_name = "arcface";
   std::vector<std::string> backbone_sets, head_sets;
   int batch = 64, iterations = 5, warmup = 1, workers = 4, data_batches = 20;
-  std::string data, denoiser_name;
-  std::vector<std::string> augmenter_entries, denoiser_sets;
+  std::string data, denoiser_name, scheduler_name = "ddim-admis", contexts_name;
+  std::vector<std::string> augmenter_entries, denoiser_sets, scheduler_sets, contexts_sets;
   int latent_size = 32, sample_steps = 50;
   own.add_options()("backbone", po::value<std::string>(&backbone_name)->default_value("ir"), "backbone plugin")(
       "set", po::value<std::vector<std::string>>(&backbone_sets)->composing(), "backbone parameter=value (YAML)")(
@@ -159,7 +204,15 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
       "denoiser", po::value<std::string>(&denoiser_name), "time this denoiser instead of a backbone (e.g. idiff-unet)")(
       "denoiser-set", po::value<std::vector<std::string>>(&denoiser_sets)->composing(), "denoiser parameter=value")(
       "latent-size", po::value<int>(&latent_size)->default_value(32), "denoiser input H = W (VQ-f4 latents of 128 px: 32)")(
-      "sample-steps", po::value<int>(&sample_steps)->default_value(50), "ddim-admis steps of the timed sampling run");
+      "sample-steps", po::value<int>(&sample_steps)->default_value(50),
+      "ddim-admis steps of the timed sampling run; 0: no sampling run")(
+      "scheduler", po::value<std::string>(&scheduler_name)->default_value("ddim-admis"),
+      "the sampling run's scheduler (e.g. respaced-ddpm for adm-unet)")(
+      "scheduler-set", po::value<std::vector<std::string>>(&scheduler_sets)->composing(), "scheduler parameter=value")(
+      "contexts", po::value<std::string>(&contexts_name),
+      "time building this context source and reading all its contexts (e.g. ddpm-faces)")(
+      "contexts-set", po::value<std::vector<std::string>>(&contexts_sets)->composing(),
+      "context source parameter=value (YAML; nested plugins as {plugin: NAME, params: {...}})");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse(args, own, pos, g, vm,
@@ -168,10 +221,16 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
              "Measures backbone forward (inference) and forward+backward+SGD step (training) throughput,\n"
              "and with --data the data pipeline alone (read, decode, augment, batch on background threads).\n"
              "       admis bench --denoiser NAME [--denoiser-set k=v ...] [--latent-size S] [--batch-size B] [--sample-steps N]\n"
-             "Measures the denoiser's forward pass at batch 1 and B and the sampled images/s of an N-step DDIM run."))
+             "                  [--scheduler NAME --scheduler-set k=v ...]\n"
+             "Measures the denoiser's forward pass at batch 1 and B and the sampled images/s of a sampling run\n"
+             "(default: ddim-admis with N steps).\n"
+             "       admis bench --contexts NAME [--contexts-set k=v ...]\n"
+             "Measures building a context source and reading its contexts (contexts/s)."))
     return 0;
+  if (!contexts_name.empty()) return bench_contexts(contexts_name, contexts_sets, g);
   if (!denoiser_name.empty())
-    return bench_denoiser(denoiser_name, denoiser_sets, latent_size, batch, sample_steps, iterations, warmup, g);
+    return bench_denoiser(denoiser_name, denoiser_sets, scheduler_name, scheduler_sets, latent_size, batch, sample_steps,
+                          iterations, warmup, g);
   if (batch < 1 || iterations < 1 || warmup < 0)
     throw Error("admis bench", "--batch-size and --iterations must be at least 1, --warmup at least 0");
   if (workers < 0 || data_batches < 1)

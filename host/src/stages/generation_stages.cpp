@@ -1,5 +1,6 @@
-// The generative stages: `train_generator` (train_generator.h) and `sample`
-// (generation.h, sample_identities), each building the plugins its manifest names.
+// The generative stages: `contexts` (build a context source's database once),
+// `train_generator` (train_generator.h) and `sample` (generation.h, sample_identities),
+// each building the plugins its manifest names.
 #include <boost/algorithm/string.hpp>
 #include <boost/filesystem.hpp>
 #include <fmt/format.h>
@@ -95,6 +96,19 @@ torch::Tensor contexts_for_reader(const DatasetReader& reader, const torch::Tens
 }
 
 }  // namespace
+
+StageType contexts_stage() {
+  return StageType{
+      "contexts",
+      "build an identity context source once, e.g. ddpm-faces' context database, for later stages or other machines",
+      {ParamSpec::Plugin("source", "context-source", "the context source, e.g. ddpm-faces with its root folder")},
+      [](const Params& keys, StageContext& ctx) {
+        auto source = create_role<ContextSource>(keys, "source", ctx);
+        std::cerr << fmt::format("[{}] context-source/{}: {} contexts of size {}", ctx.stage_name,
+                                 keys.get_plugin("source").name, source->size(), source->embedding_size())
+                  << std::endl;
+      }};
+}
 
 StageType train_generator_stage() {
   return StageType{

@@ -8,8 +8,9 @@
 namespace admis::host {
 
 const std::vector<StageType>& stage_types() {
-  static const std::vector<StageType> types = {forward_stage(),         schedule_stage(), train_recognition_stage(),
-                                               train_generator_stage(), sample_stage(),   evaluate_stage()};
+  static const std::vector<StageType> types = {forward_stage(),          schedule_stage(),        train_recognition_stage(),
+                                               contexts_stage(),         train_generator_stage(), sample_stage(),
+                                               evaluate_stage()};
   return types;
 }
 

@@ -115,6 +115,28 @@ TEST(Cli, RunWritesOutputsAndResolvedManifest) {
   EXPECT_THAT(r.output, HasSubstr("[1/4] stage 'arcface-logits' (forward) done"));
 }
 
+TEST(Cli, RunStagesSelectsStagesAndContextsStageBuildsASource) {
+  const std::string out = admis::test::temp_dir("run-stages");
+  const std::string base = admis_exe() + " run " + example("heads-and-schedulers.yaml") + " --set output_dir=" + out;
+  auto r = run_command(base + " --stages ddim-admis-50,curricularface-logits");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[1/4] stage 'arcface-logits' (forward) not selected by --stages, left as it is"));
+  EXPECT_THAT(r.output, HasSubstr("[3/4] stage 'ddim-admis-50' (schedule) done"));
+  EXPECT_FALSE(fs::exists(out + "/arcface-logits"));
+  EXPECT_FALSE(fs::exists(out + "/adm-respaced-100"));
+  EXPECT_TRUE(fs::exists(out + "/ddim-admis-50/schedule.csv"));
+  r = run_command(base + " --stages ddim-admis");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("--stages names 'ddim-admis', which is not a stage of this manifest"));
+
+  const std::string manifest = out + "/contexts.yaml";
+  std::ofstream(manifest) << "version: 1\noutput_dir: runs\nstages:\n  - name: identities\n    stage: contexts\n"
+                             "    source: {plugin: gaussian, params: {count: 5, embedding_size: 8}}\n";
+  r = run_command(admis_exe() + " run " + manifest);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[identities] context-source/gaussian: 5 contexts of size 8"));
+}
+
 TEST(Cli, ForwardMatchesInProcessPluginWithWeights) {
   const std::string dir = admis::test::temp_dir("forward");
   // Weights for a head: a kernel [64, 4] written as safetensors, loaded strictly.

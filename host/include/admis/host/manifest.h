@@ -6,6 +6,9 @@
 //   output_dir: runs/example      # relative to the manifest's folder
 //   seed: 0
 //   plugin_paths: [my_plugins/]   # extra plugin folders or libraries
+//   required_files:               # files the run needs and cannot make, with their origin
+//     - path: &ldm ../released/ema_averaged_model_200000.ckpt
+//       from: ADMIS README, "Pretrained LDM (25% CPD)", https://...
 //   stages:
 //     - name: logits
 //       stage: forward
@@ -50,12 +53,21 @@ struct ResolvedStage {
   std::string where;  // "file:line"
 };
 
+// A file the manifest needs and no stage makes (released weights, evaluation sets),
+// with where to get it. YAML anchors let stages refer to the same path (weights: *ldm).
+struct RequiredFile {
+  std::string path;   // resolved against the manifest's folder
+  std::string from;   // where the file comes from, for the user
+  std::string where;  // "file:line"
+};
+
 struct Manifest {
   std::string path;
   std::string dir;
   std::string output_dir;
   std::uint64_t seed = 0;
   std::vector<std::string> plugin_paths;
+  std::vector<RequiredFile> required_files;
   std::vector<ResolvedStage> stages;
 };
 
@@ -67,12 +79,22 @@ std::vector<std::string> manifest_plugin_paths(const YAML::Node& root, const std
 // Validates everything against the stage and plugin schemas; errors name file:line, the
 // stage, the plugin and the key, with the closest valid key.
 Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const Registry& registry);
+// Throws one error listing every required file that is missing or not what its name says
+// (an HTML page saved instead of a checkpoint, a truncated download), each with its origin.
+// With `only` (the --stages selection), files that only unselected stages use are skipped.
+void check_required_files(const Manifest& manifest, const std::vector<std::string>& only = {});
+// "" when `path` looks like what its extension promises (torch.save zip, safetensors,
+// .npy, pickled .bin, image, non-empty folder), else what is wrong with it.
+std::string file_problem(const std::string& path);
 // The manifest with every default filled in, as YAML text.
 std::string resolved_manifest_yaml(const Manifest& manifest);
 // Runs the stages in order. A stage that finished before with the same keys, seed and
 // input files (its fingerprint, kept in <stage folder>/.admis-stage-done) is kept, unless
-// `force`; once one stage runs, all later ones run too.
-void run_manifest(const Manifest& manifest, Runtime& runtime, bool force);
+// `force`; once one stage runs, all later ones run too. With `only` non-empty, just the
+// stages named there run (the others are left as they are).
+void run_manifest(const Manifest& manifest, Runtime& runtime, bool force, const std::vector<std::string>& only = {});
+// Throws unless every name in `only` is a stage of the manifest.
+void check_stage_names(const Manifest& manifest, const std::vector<std::string>& only);
 inline constexpr const char* kStageDoneFile = ".admis-stage-done";
 
 // YAML -> typed Value for one declared parameter (nested plugins validated recursively).
