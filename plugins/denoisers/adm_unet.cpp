@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "denoisers.h"
+#include "layers.h"
 
 namespace admis::denoisers {
 
@@ -28,37 +29,13 @@ const char* const kWhere = "denoiser/adm-unet";
 
 std::string str(std::int64_t v) { return std::to_string(v); }
 
-// zero_module: the output paths start at zero, so a fresh network predicts 0.
-template <class M>
-M zeroed(M module) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : module->parameters()) p.zero_();
-  return module;
-}
-
-torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
-                         std::int64_t padding = 0) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
-}
-
 torch::nn::Conv1d conv1x1(std::int64_t in, std::int64_t out) {
   return torch::nn::Conv1d(torch::nn::Conv1dOptions(in, out, 1));
-}
-
-// normalization(): GroupNorm32, 32 groups.
-torch::nn::GroupNorm normalization(std::int64_t channels) {
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(32, channels));
 }
 
 // GroupNorm32.forward: normalise in float32 and cast back (matters under half precision).
 torch::Tensor group_norm32(torch::nn::GroupNorm norm, const torch::Tensor& x) {
   return norm(x.to(torch::kFloat32)).to(x.scalar_type());
-}
-
-// A kernel-1 Conv1d on tokens [B, C_in, L] as one matrix product: LibTorch's CPU
-// convolution sends 1x1 kernels down its slower im2col path.
-torch::Tensor pointwise(const torch::nn::Conv1d& conv, const torch::Tensor& x) {
-  return torch::matmul(conv->weight.flatten(1), x) + conv->bias.unsqueeze(-1);
 }
 
 torch::Tensor upsample_nearest(const torch::Tensor& x) {
@@ -93,12 +70,12 @@ class ResBlockImpl : public torch::nn::Module {
   ResBlockImpl(std::int64_t channels, std::int64_t emb_channels, double dropout, std::int64_t out_channels,
                bool use_scale_shift_norm, Resample resample = Resample::None)
       : torch::nn::Module("ResBlock"), dropout_(dropout), scale_shift_(use_scale_shift_norm), resample_(resample) {
-    in_norm = normalization(channels);
+    in_norm = group_norm(channels);
     in_conv = conv2d(channels, out_channels, 3, 1, 1);
     in_layers = register_module("in_layers", torch::nn::Sequential(in_norm, torch::nn::SiLU(), in_conv));
     emb_linear = torch::nn::Linear(emb_channels, use_scale_shift_norm ? 2 * out_channels : out_channels);
     emb_layers = register_module("emb_layers", torch::nn::Sequential(torch::nn::SiLU(), emb_linear));
-    out_norm = normalization(out_channels);
+    out_norm = group_norm(out_channels);
     out_conv = zeroed(conv2d(out_channels, out_channels, 3, 1, 1));
     out_layers = register_module("out_layers", torch::nn::Sequential(out_norm, torch::nn::SiLU(),
                                                                      torch::nn::Dropout(dropout), out_conv));
@@ -170,7 +147,7 @@ class AttentionBlockImpl : public torch::nn::Module {
  public:
   AttentionBlockImpl(std::int64_t channels, std::int64_t n_heads, bool new_order)
       : torch::nn::Module("AttentionBlock"), n_heads_(n_heads), new_order_(new_order) {
-    norm = register_module("norm", normalization(channels));
+    norm = register_module("norm", group_norm(channels));
     qkv = register_module("qkv", conv1x1(channels, 3 * channels));
     proj_out = register_module("proj_out", zeroed(conv1x1(channels, channels)));
   }
@@ -339,7 +316,7 @@ class AdmUNetImpl : public torch::nn::Module {
       }
     }
 
-    out_norm = normalization(ch);
+    out_norm = group_norm(ch);
     out_conv = zeroed(conv2d(input_ch, cfg.out_channels, 3, 1, 1));
     out = register_module("out", torch::nn::Sequential(out_norm, torch::nn::SiLU(), out_conv));
   }
@@ -372,13 +349,6 @@ class AdmUNetImpl : public torch::nn::Module {
   std::vector<TimestepEmbedSequential> inputs_, outputs_;
 };
 TORCH_MODULE(AdmUNet);
-
-std::string shape_text(const torch::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream out;
-  out << t.sizes();
-  return out.str();
-}
 
 std::string join(const std::vector<std::int64_t>& values) {
   std::string text;

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "denoisers.h"
+#include "layers.h"
 
 namespace admis::denoisers {
 
@@ -36,37 +37,9 @@ Condition parse_condition(const std::string& name) {
   throw Error(kWhere, "parameter 'condition_type' = '" + name + "' is not one of: AddPlusGN, AdaGN, DiffAE, CA");
 }
 
-// The reference's zero_module: the block starts as the identity of its residual path.
-template <class M>
-M zeroed(M module) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : module->parameters()) p.zero_();
-  return module;
-}
-
-torch::nn::Conv2d conv2d(std::int64_t in, std::int64_t out, std::int64_t kernel, std::int64_t stride = 1,
-                         std::int64_t padding = 0) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
-}
-
-torch::nn::GroupNorm group_norm(std::int64_t channels) {
-  return torch::nn::GroupNorm(torch::nn::GroupNormOptions(32, channels));
-}
-
 // Sequential(SiLU, Linear): the keys are <name>.1.weight / .bias.
 torch::nn::Sequential silu_linear(std::int64_t in, std::int64_t out) {
   return torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(in, out));
-}
-
-// A kernel-1 convolution (Conv1d, or Conv2d on flattened positions) applied to tokens
-// [B, C_in, L] as one matrix product: LibTorch's CPU convolution sends 1x1 kernels down
-// its slow im2col path, which cost a quarter of the forward pass.
-torch::Tensor pointwise(const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& x) {
-  return torch::matmul(weight.flatten(1), x) + bias.unsqueeze(-1);
-}
-template <class Conv>
-torch::Tensor pointwise(const Conv& conv, const torch::Tensor& x) {
-  return pointwise(conv->weight, conv->bias, x);
 }
 
 // SinusoidalTimeEmbedding(n_channels): [cos | sin] of t times n_channels / 8 frequencies
@@ -531,13 +504,6 @@ class ConditionalUNetImpl : public torch::nn::Module {
   std::shared_ptr<MiddleBlockImpl> middle_;
 };
 TORCH_MODULE(ConditionalUNet);
-
-std::string shape_text(const torch::Tensor& t) {
-  if (!t.defined()) return "an undefined tensor";
-  std::ostringstream out;
-  out << t.sizes();
-  return out.str();
-}
 
 // Refuses parameter combinations the reference would only fail on deep inside (or, worse,
 // silently misread), naming the parameter.
