@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <set>
@@ -178,26 +179,21 @@ std::map<std::string, Value> parse_set_options(const std::vector<std::string>& s
   return out;
 }
 
-YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::string>& overrides) {
-  if (!fs::exists(path)) throw Error(path, "manifest not found");
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::Exception& e) {
-    throw Error(fmt::format("{}:{}", path, e.mark.line + 1), fmt::format("invalid YAML: {}", e.msg));
-  }
-  if (!root.IsMap()) throw Error(path, "a manifest must be a YAML map with at least 'stages'");
+namespace {
 
+// Applies "a.b.c=value" overrides to the YAML tree (value parsed as YAML; sequence elements
+// addressed by index or, for stages, by their name). `source` names where they come from.
+void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides, const std::string& source) {
   for (const auto& set : overrides) {
     auto eq = set.find('=');
     if (eq == std::string::npos || eq == 0)
-      throw Error("--set " + set, "expected key.path=value, e.g. --set stages.logits.plugin.params.margin=0.4");
+      throw Error(source + " " + set, "expected key.path=value, e.g. --set stages.logits.plugin.params.margin=0.4");
     const std::vector<std::string> parts = split(set.substr(0, eq), '.');
     YAML::Node value;
     try {
       value = YAML::Load(set.substr(eq + 1));
     } catch (const YAML::Exception& e) {
-      throw Error("--set " + set, fmt::format("value is not valid YAML: {}", e.msg));
+      throw Error(source + " " + set, fmt::format("value is not valid YAML: {}", e.msg));
     }
     YAML::Node cur = root;
     for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -217,12 +213,12 @@ YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::st
               ok = true;
             }
         }
-        if (!ok) throw Error("--set " + set, fmt::format("no element '{}' (an index or a stage name) in the list", part));
-        if (last) throw Error("--set " + set, "cannot replace a whole list element; set one of its keys");
+        if (!ok) throw Error(source + " " + set, fmt::format("no element '{}' (an index or a stage name) in the list", part));
+        if (last) throw Error(source + " " + set, "cannot replace a whole list element; set one of its keys");
         cur.reset(found);
       } else {
         if (!cur.IsMap() && !cur.IsNull())
-          throw Error("--set " + set, fmt::format("'{}' is inside a value that is not a map", part));
+          throw Error(source + " " + set, fmt::format("'{}' is inside a value that is not a map", part));
         if (last) {
           cur[part] = value;
         } else {
@@ -232,6 +228,65 @@ YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::st
       }
     }
   }
+}
+
+}  // namespace
+
+YAML::Node load_manifest_yaml(const std::string& path, const std::vector<std::string>& overrides) {
+  if (!fs::exists(path)) throw Error(path, "manifest not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw Error(fmt::format("{}:{}", path, e.mark.line + 1), fmt::format("invalid YAML: {}", e.msg));
+  }
+  if (!root.IsMap()) throw Error(path, "a manifest must be a YAML map with at least 'stages'");
+  apply_overrides(root, overrides, "--set");
+
+  // A named scale (`scale: smoke`, or --set scale=smoke) applies its overrides from
+  // `scales`; the command line's --set values still win.
+  if (YAML::Node scale = root["scale"]) {
+    if (!scale.IsScalar()) throw Error(line_of(path, scale), "'scale' must be the name of one of the manifest's scales");
+    const std::string name = scale.Scalar();
+    YAML::Node scales = root["scales"];
+    std::vector<std::string> names;
+    if (scales && scales.IsMap())
+      for (const auto& item : scales) names.push_back(item.first.Scalar());
+    if (!scales || !scales.IsMap() || !scales[name])
+      throw Error(path, fmt::format("scale '{}' is not defined{}; the manifest's scales are: {}", name,
+                                    did_you_mean(name, names), names.empty() ? "(none)" : join(names, ", ")));
+    const YAML::Node chosen = scales[name];
+    if (!chosen.IsMap())
+      throw Error(line_of(path, chosen), fmt::format("scales.{} must map key paths to values, e.g. "
+                                                     "stages.train.epochs: 2", name));
+    std::vector<std::string> scale_sets;
+    for (const auto& item : chosen) {
+      YAML::Emitter value;
+      value << YAML::Flow << item.second;
+      scale_sets.push_back(item.first.Scalar() + "=" + value.c_str());
+    }
+    apply_overrides(root, scale_sets, fmt::format("scales.{}", name));
+    apply_overrides(root, overrides, "--set");
+  }
+
+  // ${output_dir} in any value stands for the run's output folder (as written, relative to
+  // the manifest's folder), so stages can name each other's outputs and a scale or --set
+  // that moves the run moves them too.
+  const std::string output_dir =
+      root["output_dir"] && root["output_dir"].IsScalar() ? root["output_dir"].Scalar()
+                                                           : "runs/" + fs::path(path).stem().string();
+  std::function<void(YAML::Node)> substitute = [&](YAML::Node node) {
+    if (node.IsScalar()) {
+      const std::string text = node.Scalar();
+      if (text.find("${output_dir}") != std::string::npos)
+        node = boost::algorithm::replace_all_copy(text, "${output_dir}", output_dir);
+    } else if (node.IsSequence()) {
+      for (std::size_t i = 0; i < node.size(); ++i) substitute(node[i]);
+    } else if (node.IsMap()) {
+      for (auto item : node) substitute(item.second);
+    }
+  };
+  substitute(root);
   return root;
 }
 
@@ -252,8 +307,8 @@ Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const
   Manifest m;
   m.path = fs::absolute(path).lexically_normal().string();
   m.dir = fs::path(m.path).parent_path().string();
-  static const std::vector<std::string> top_keys = {"version",      "output_dir",     "seed",
-                                                    "plugin_paths", "required_files", "stages"};
+  static const std::vector<std::string> top_keys = {"version",        "output_dir", "seed",  "plugin_paths",
+                                                    "required_files", "scale",      "scales", "stages"};
   for (const auto& item : root) {
     const std::string key = item.first.Scalar();
     if (std::find(top_keys.begin(), top_keys.end(), key) == top_keys.end())
@@ -312,8 +367,12 @@ Manifest resolve_manifest(const YAML::Node& root, const std::string& path, const
     for (const auto& k : rs.type->keys) declared.push_back(k.name);
     std::map<std::string, Value> raw;
     const std::string owner = fmt::format("stage '{}' ({})", rs.name, rs.type->name);
+    std::set<std::string> seen;
     for (const auto& item : node) {
       const std::string key = item.first.Scalar();
+      // YAML keeps the last of two equal keys silently; a stage must not.
+      if (!seen.insert(key).second)
+        throw Error(line_of(path, item.first), fmt::format("{}: key '{}' is given twice", owner, key));
       if (key == "name" || key == "stage") continue;
       auto it = std::find_if(rs.type->keys.begin(), rs.type->keys.end(), [&](const ParamSpec& s) { return s.name == key; });
       if (it == rs.type->keys.end())
@@ -574,8 +633,9 @@ void run_manifest(const Manifest& m, Runtime& runtime, bool force, const std::ve
     } catch (const std::exception& e) {
       throw Error(fmt::format("{} {}", s.where, stage_label(s)), describe(e));
     }
-    write_file_atomic(stamp, fingerprint);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    write_file_atomic((fs::path(ctx.output_dir) / kStageTimeFile).string(), fmt::format("{:.3f}\n", seconds));
+    write_file_atomic(stamp, fingerprint);
     std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, stage_label(s), seconds, ctx.output_dir)
               << std::endl;
   }

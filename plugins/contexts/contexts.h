@@ -16,6 +16,7 @@ void register_gaussian(FactoryList& registry);
 void register_npy(FactoryList& registry);
 void register_image_folder(FactoryList& registry);
 void register_ddpm_faces(FactoryList& registry);
+void register_dataset_embeddings(FactoryList& registry);
 
 // SplitMix64's finaliser: consecutive inputs give unrelated outputs. Seeds per-index
 // generators, so that context i depends on (seed, i) alone.

@@ -256,7 +256,7 @@ class DdpmFaces : public ContextSource {
       cv::warpAffine(in, out, cv::Mat(ffhq_to_arcface_crop(image_size_, face_size_)), size,
                      cv::INTER_LINEAR | cv::WARP_INVERSE_MAP, cv::BORDER_REPLICATE);
     } else {  // resize: the whole image, for models that already generate aligned crops
-      cv::resize(in, out, size, 0, 0, cv::INTER_AREA);
+      cv::resize(in, out, size, 0, 0, image_size_ > face_size_ ? cv::INTER_AREA : cv::INTER_LINEAR);
     }
     return face;
   }

@@ -5,6 +5,7 @@
 //   image-folder  a folder of faces embedded by a backbone plugin (ADMIS extract_embed.py)
 //   ddpm-faces    faces drawn from an unconditional diffusion model, aligned and embedded
 //                 (ADMIS's context-enhanced sampling)
+//   dataset-embeddings  one embedding per image of a labelled dataset (generator training)
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -123,4 +124,5 @@ ADMIS_PLUGIN("admis_contexts", "1.0.0") {
   admis::contexts::register_npy(registry);
   admis::contexts::register_image_folder(registry);
   admis::contexts::register_ddpm_faces(registry);
+  admis::contexts::register_dataset_embeddings(registry);
 }

@@ -7,5 +7,6 @@ namespace admis::datasets {
 void register_image_folder(FactoryList& registry);
 void register_tfrecord(FactoryList& registry);
 void register_recordio(FactoryList& registry);
+void register_toy_faces(FactoryList& registry);
 
 }  // namespace admis::datasets

@@ -24,6 +24,9 @@ bool is_image_name(const fs::path& p) {
 class ImageFolderReader : public DatasetReader {
  public:
   void open(const std::string& source) override {
+    if (source.empty())
+      throw Error("dataset-reader/image-folder",
+                  "no data path given: set data_path to the dataset's root folder (<root>/<identity>/<file>)");
     root_ = source;
     std::error_code ec;
     if (!fs::is_directory(source, ec)) throw Error(source, "image-folder: not a folder (expected <root>/<identity>/<file>)");

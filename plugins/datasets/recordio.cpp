@@ -122,6 +122,9 @@ std::int64_t label_value(float label) { return static_cast<std::int64_t>(std::lr
 class RecordIOReader : public DatasetReader {
  public:
   void open(const std::string& source) override {
+    if (source.empty())
+      throw Error("dataset-reader/recordio", "no data path given: set data_path to PREFIX (the files PREFIX.rec and "
+                                             "PREFIX.idx)");
     prefix_ = dataset_prefix(source);
     const std::string idx_path = prefix_ + ".idx";
     std::ifstream in(idx_path);

@@ -47,6 +47,9 @@ bool all_integers(const std::vector<std::string>& names) {
 class TFRecordReader : public DatasetReader {
  public:
   void open(const std::string& source) override {
+    if (source.empty())
+      throw Error("dataset-reader/tfrecord", "no data path given: set data_path to DIR/NAME (the index DIR/NAME.index "
+                                             "and the shards DIR/NAME-00000.tfrecord ...)");
     prefix_ = dataset_prefix(source);
     const std::string index_path = prefix_ + ".index";
     std::ifstream in(index_path);

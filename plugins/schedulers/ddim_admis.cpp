@@ -24,7 +24,8 @@ namespace {
 
 class DdimAdmis final : public IdiffScheduler {
  public:
-  explicit DdimAdmis(const Params& params) : IdiffScheduler(params), eta_(params.get_float("eta")) {
+  explicit DdimAdmis(const Params& params)
+      : IdiffScheduler(params), eta_(params.get_float("eta")), clip_x0_(params.get_bool("clip_x0")) {
     const std::int64_t steps = params.get_int("num_inference_steps");
     if (steps > T_)
       throw Error(where_, "parameter 'num_inference_steps' = " + std::to_string(steps) +
@@ -67,8 +68,11 @@ class DdimAdmis final : public IdiffScheduler {
     StepOutput out;
     // Eq. 12's "predicted x0".
     out.pred_x0 = (x_t - model_output * std::sqrt(beta_prod_t)) / std::sqrt(alpha_prod_t);
-    // The reference re-derives eps from x0 (a GLIDE leftover for clipped x0; its clip is
-    // commented out, so this only reproduces its rounding).
+    // The reference re-derives eps from x0, a GLIDE leftover for a clipped x0; its clip is
+    // commented out, so by default this only reproduces its rounding. clip_x0 restores
+    // the clip, which keeps an undertrained model's first steps (x0 = (x_t - ...) / 0.006 at
+    // t = 950) from blowing the sample up.
+    if (clip_x0_) out.pred_x0 = out.pred_x0.clamp(-1, 1);
     const auto eps = (x_t - out.pred_x0 * std::sqrt(alpha_prod_t)) / std::sqrt(beta_prod_t);
     const auto direction = eps * std::sqrt(1.0f - alpha_prod_t_prev - std_dev_t * std_dev_t);
     out.mean = out.pred_x0 * std::sqrt(alpha_prod_t_prev) + direction;
@@ -80,6 +84,7 @@ class DdimAdmis final : public IdiffScheduler {
 
  private:
   double eta_;
+  bool clip_x0_;
   std::int64_t skip_ = 1;
   std::vector<std::int64_t> timesteps_;  // reversed(range(0, T, skip))
   std::vector<float> alphas_prev_;       // [1, alpha_bar_0, ..., alpha_bar_{T-2}]
@@ -93,6 +98,9 @@ void register_ddim_admis(FactoryList& registry) {
                                   "the reference's ddim_step: skip = T // steps, visiting reversed(range(0, T, skip))")
                        .at_least(1));
   params.push_back(ParamSpec::Float("eta", 0.0, "stochasticity of eq. 16: 0 is deterministic").range(0.0, 1.0));
+  params.push_back(ParamSpec::Bool("clip_x0", false,
+                                   "clip the predicted x0 to [-1, 1] and re-derive eps from it (the reference's "
+                                   "commented-out clip; ADMIS samples without it)"));
   registry.add(Kind::Scheduler, "ddim-admis", "1.0.0",
                "ADMIS's reference DDIM sampler (sample_ddim), including its previous-alpha lookup", std::move(params),
                [](const Params& p, Host&) -> std::unique_ptr<Plugin> { return std::make_unique<DdimAdmis>(p); });

@@ -94,7 +94,9 @@ std::string results_json(const std::vector<VerificationResult>& results) {
                     {"pairs", r.pairs},
                     {"fold_accuracy", r.roc.fold_accuracy},
                     {"fold_best_threshold", r.roc.best_thresholds},
-                    {"fold_far_threshold", thresholds}};
+                    {"fold_far_threshold", thresholds},
+                    {"roc_fpr", r.roc.fpr},
+                    {"roc_tpr", r.roc.tpr}};
   }
   nlohmann::json out = {{"sets", sets}, {"average_accuracy", average_accuracy(results)}};
   return out.dump(2) + "\n";

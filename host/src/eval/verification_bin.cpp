@@ -1,15 +1,17 @@
 // insightface verification sets (.bin): a pickle of (list of 2N encoded images, list of N
-// bools), written by Python 2 (protocol 2, str images) or Python 3 (bytes images).
+// bools), written by Python 2 (protocol 2, str images) or Python 3 (bytes images); read and written.
 #include <boost/filesystem.hpp>
 #include <fmt/format.h>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
+#include "admis/host/manifest.h"
 #include "admis/host/pickle.h"
 #include "admis/host/verification.h"
 
@@ -85,6 +87,81 @@ VerificationSet read_verification_bin(const std::string& path) {
   }
   set.images = torch::stack(images);
   return set;
+}
+
+}  // namespace admis::host
+
+namespace admis::host {
+
+namespace {
+
+// Pickle opcodes (Python's Lib/pickle.py), protocol 4 as pickle.HIGHEST_PROTOCOL wrote
+// them when the sets were packed; frames are optional for readers, so none are written.
+constexpr char kProto = '\x80', kEmptyList = ']', kMark = '(', kAppend = 'a', kAppends = 'e', kShortBinBytes = 'C',
+               kBinBytes = 'B', kBinBytes8 = '\x8e', kNewTrue = '\x88', kNewFalse = '\x89', kTuple2 = '\x86',
+               kMemoize = '\x94', kStop = '.';
+
+void put_le(std::string& out, std::uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out += static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+// A list as Python's Pickler._batch_appends writes it: MARK ... APPENDS per 1000 items
+// (a lone last item with APPEND).
+template <class WriteItem>
+void put_list(std::string& out, std::size_t size, WriteItem&& write_item) {
+  constexpr std::size_t kBatch = 1000;
+  out += kEmptyList;
+  out += kMemoize;
+  for (std::size_t begin = 0; begin < size; begin += kBatch) {
+    const std::size_t end = std::min(size, begin + kBatch);
+    if (end - begin == 1) {
+      write_item(begin);
+      out += kAppend;
+      continue;
+    }
+    out += kMark;
+    for (std::size_t i = begin; i < end; ++i) write_item(i);
+    out += kAppends;
+  }
+}
+
+}  // namespace
+
+void write_verification_bin(const std::string& path, const std::vector<std::string>& encoded_images,
+                            const std::vector<bool>& issame) {
+  if (issame.empty()) throw Error(path, "cannot write a verification set without pairs");
+  if (encoded_images.size() != 2 * issame.size())
+    throw Error(path, fmt::format("a verification set needs 2 images per pair: got {} images for {} pairs",
+                                  encoded_images.size(), issame.size()));
+  std::size_t total = 64 + issame.size();
+  for (std::size_t i = 0; i < encoded_images.size(); ++i) {
+    if (encoded_images[i].empty()) throw Error(path, fmt::format("image {} is empty (expected PNG or JPEG bytes)", i));
+    total += encoded_images[i].size() + 11;
+  }
+  std::string out;
+  out.reserve(total);
+  out += kProto;
+  out += '\x04';
+  put_list(out, encoded_images.size(), [&](std::size_t i) {
+    const std::string& bytes = encoded_images[i];
+    if (bytes.size() < 256) {
+      out += kShortBinBytes;
+      put_le(out, bytes.size(), 1);
+    } else if (bytes.size() <= 0xffffffffull) {
+      out += kBinBytes;
+      put_le(out, bytes.size(), 4);
+    } else {
+      out += kBinBytes8;
+      put_le(out, bytes.size(), 8);
+    }
+    out += bytes;
+    out += kMemoize;
+  });
+  put_list(out, issame.size(), [&](std::size_t i) { out += issame[i] ? kNewTrue : kNewFalse; });
+  out += kTuple2;
+  out += kMemoize;
+  out += kStop;
+  write_file_atomic(path, out);
 }
 
 }  // namespace admis::host

@@ -120,7 +120,7 @@ StageType train_generator_stage() {
           plugin_with_default("scheduler", "scheduler", "ddpm", "the training noise schedule (q(x_t | x_0))"),
           plugin_with_default("sampler", "scheduler", "ddim-admis", "the sampler of the preview grids"),
           ParamSpec::Plugin("data", "dataset-reader", "the training images' reader"),
-          ParamSpec::Path("data_path", "", "what the reader opens").required_value(),
+          ParamSpec::Path("data_path", "", "what the reader opens (empty for readers that read nothing, e.g. toy-faces)"),
           optional_plugin("contexts", "context-source",
                           "the training images' identity embeddings (e.g. npy of ElasticFace embeddings); not for an "
                           "unconditional denoiser"),

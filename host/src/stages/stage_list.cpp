@@ -10,7 +10,7 @@ namespace admis::host {
 const std::vector<StageType>& stage_types() {
   static const std::vector<StageType> types = {forward_stage(),          schedule_stage(),        train_recognition_stage(),
                                                contexts_stage(),         train_generator_stage(), sample_stage(),
-                                               evaluate_stage()};
+                                               verification_pairs_stage(), evaluate_stage(), report_stage()};
   return types;
 }
 

@@ -18,7 +18,8 @@ StageType train_recognition_stage() {
           ParamSpec::Plugin("backbone", "backbone", "the network: images [N,3,112,112] -> embeddings"),
           ParamSpec::Plugin("head", "head", "the margin head; out_features must equal the dataset's class count"),
           ParamSpec::Plugin("data", "dataset-reader", "the training set's reader"),
-          ParamSpec::Path("data_path", "", "what the reader opens (folder or file)").required_value(),
+          ParamSpec::Path("data_path", "", "what the reader opens (folder or file; empty for readers that read "
+                                                "nothing, e.g. toy-faces)"),
           ParamSpec::StringList("augmenters", {"flip"},
                                 "image augmenters applied in order, each \"NAME\" or \"NAME key=value ...\" "
                                 "(values as YAML), e.g. [flip, \"random-resized-crop probability=0.2\"]"),

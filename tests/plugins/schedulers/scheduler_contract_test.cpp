@@ -32,7 +32,7 @@ TEST(SchedulerSchema, EveryParameterHasADefaultAndADoc) {
         "num_inference_steps", "eta", "clip_x0", "timestep_spacing"}},
       {"ddim-admis",
        {"num_train_timesteps", "schedule", "schedule_k", "schedule_beta_min", "schedule_beta_max",
-        "num_inference_steps", "eta"}},
+        "num_inference_steps", "eta", "clip_x0"}},
       {"respaced-ddpm",
        {"num_train_timesteps", "schedule", "timestep_respacing", "learn_sigma", "fixed_variance", "clip_denoised",
         "rescale_timesteps"}},
@@ -360,6 +360,29 @@ TEST(DdimAdmis, StepCountAndNoiseFollowTheReferenceLoop) {
   EXPECT_TRUE(last.prev_sample.equal(last.mean)) << "sigma is 0 at the last step";
   const StepOutput first = s->step(eps, 0, x, z);
   EXPECT_GT((first.prev_sample - first.mean).abs().min().item<float>(), 0.0f);
+}
+
+TEST(DdimAdmis, ClipX0ClipsX0AndRederivesEpsFromIt) {
+  auto plain = make_scheduler("ddim-admis", {{"num_inference_steps", Value(std::int64_t{20})}});
+  auto clipped = make_scheduler("ddim-admis", {{"num_inference_steps", Value(std::int64_t{20})},
+                                               {"clip_x0", Value(true)}});
+  // Step 0 visits t = 950 and moves to alphas_prev[900] = alpha_bar[899] (the reference's
+  // lookup); there a small eps error puts x0 far outside [-1, 1].
+  ASSERT_EQ(plain->model_timestep(0), 950);
+  const auto x = pattern({2, 3, 4, 4}, 0.9, 0.0, 3.0), eps = pattern({2, 3, 4, 4}, 0.8, 0.5, 2.0);
+  const StepOutput a = plain->step(eps, 0, x, torch::Tensor()), b = clipped->step(eps, 0, x, torch::Tensor());
+  EXPECT_GT(a.pred_x0.abs().max().item<float>(), 5.0f);
+  EXPECT_TRUE(b.pred_x0.equal(a.pred_x0.clamp(-1, 1)));
+  const double a_t = plain->alpha_bars()[950].item<double>(), a_prev = plain->alpha_bars()[899].item<double>();
+  const auto eps_from_x0 = (x - b.pred_x0 * std::sqrt(a_t)) / std::sqrt(1 - a_t);
+  const auto expected = b.pred_x0 * std::sqrt(a_prev) + eps_from_x0 * std::sqrt(1 - a_prev);
+  EXPECT_LT((b.prev_sample - expected).abs().max().item<double>(), 1e-4);
+  EXPECT_GT((b.prev_sample - a.prev_sample).abs().max().item<double>(), 0.1);
+  // Where x0 already lies in [-1, 1] the clip changes nothing.
+  const auto x_small = pattern({1, 3, 2, 2}, 0.05, 0.0), eps_small = pattern({1, 3, 2, 2}, 0.05, 0.1);
+  const StepOutput c = clipped->step(eps_small, 19, x_small, torch::Tensor());
+  ASSERT_LE(c.pred_x0.abs().max().item<float>(), 1.0f);
+  EXPECT_TRUE(c.prev_sample.equal(plain->step(eps_small, 19, x_small, torch::Tensor()).prev_sample));
 }
 
 // --- respaced-ddpm ------------------------------------------------------------------------

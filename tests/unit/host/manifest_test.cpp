@@ -129,3 +129,70 @@ TEST(Manifest, InvalidYamlNamesLine) {
   EXPECT_THAT(validation_error("stages:\n  - name: [unclosed\n"), HasSubstr("m.yaml:"));
   EXPECT_THAT(validation_error("stages:\n  - name: [unclosed\n"), HasSubstr("invalid YAML"));
 }
+
+// Named scales: `scale: NAME` (or --set scale=NAME) applies scales.NAME's overrides; the
+// command line's --set still wins; ${output_dir} follows the scale's output folder.
+namespace {
+const char* kScaled = R"(version: 1
+output_dir: out
+scale: default
+scales:
+  default: {}
+  small:
+    output_dir: out-small
+    stages.sched.scheduler.params.num_inference_steps: 5
+stages:
+  - name: logits
+    stage: forward
+    plugin: {kind: head, plugin: arcface, params: {in_features: 64, out_features: 4}}
+    inputs: "${output_dir}/in.safetensors"
+  - name: sched
+    stage: schedule
+    scheduler: {plugin: ddim-admis, params: {num_inference_steps: 25}}
+)";
+
+admis::host::Manifest resolve_scaled(const std::vector<std::string>& sets) {
+  const std::string path = write_manifest(kScaled);
+  return admis::host::resolve_manifest(admis::host::load_manifest_yaml(path, sets), path, admis::test::registry());
+}
+
+std::int64_t steps_of(const admis::host::Manifest& m) {
+  return m.stages[1].keys.get_plugin("scheduler").params.at("num_inference_steps").as<std::int64_t>();
+}
+}  // namespace
+
+TEST(Manifest, ScalesApplyTheirOverridesAndSetStillWins) {
+  auto m = resolve_scaled({});
+  EXPECT_EQ(steps_of(m), 25);
+  EXPECT_EQ(fs::path(m.output_dir).filename().string(), "out");
+  EXPECT_EQ(fs::path(m.stages[0].keys.get_path("inputs")).parent_path().filename().string(), "out");
+
+  m = resolve_scaled({"scale=small"});
+  EXPECT_EQ(steps_of(m), 5);
+  EXPECT_EQ(fs::path(m.output_dir).filename().string(), "out-small");
+  EXPECT_EQ(fs::path(m.stages[0].keys.get_path("inputs")).parent_path().filename().string(), "out-small");
+
+  m = resolve_scaled({"scale=small", "stages.sched.scheduler.params.num_inference_steps=7"});
+  EXPECT_EQ(steps_of(m), 7);
+}
+
+TEST(Manifest, AnUnknownScaleIsRefusedListingTheScales) {
+  const std::string error = validation_error(kScaled, {"scale=smal"});
+  EXPECT_THAT(error, HasSubstr("scale 'smal' is not defined; did you mean 'small'?; the manifest's scales are: default, "
+                               "small"));
+  std::string broken = kScaled;
+  broken.replace(broken.find("  small:"), 0, "  broken: {stages.nothere.epochs: 1}\n");
+  EXPECT_THAT(validation_error(broken, {"scale=broken"}),
+              HasSubstr("scales.broken stages.nothere.epochs=1: no element 'nothere' (an index or a stage name)"));
+}
+
+TEST(Manifest, AKeyGivenTwiceInAStageIsRefused) {
+  const std::string error = validation_error(R"(version: 1
+stages:
+  - name: sched
+    stage: schedule
+    scheduler: {plugin: ddpm}
+    scheduler: {plugin: ddim}
+)");
+  EXPECT_THAT(error, HasSubstr("m.yaml:6: stage 'sched' (schedule): key 'scheduler' is given twice"));
+}

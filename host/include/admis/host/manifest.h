@@ -96,6 +96,7 @@ void run_manifest(const Manifest& manifest, Runtime& runtime, bool force, const 
 // Throws unless every name in `only` is a stage of the manifest.
 void check_stage_names(const Manifest& manifest, const std::vector<std::string>& only);
 inline constexpr const char* kStageDoneFile = ".admis-stage-done";
+inline constexpr const char* kStageTimeFile = ".admis-stage-seconds";  // how long the stage's last run took
 
 // YAML -> typed Value for one declared parameter (nested plugins validated recursively).
 Value yaml_to_value(const YAML::Node& node, const ParamSpec& spec, const Registry& registry, const std::string& file);

@@ -31,6 +31,14 @@ struct VerificationSet {
 // converted BGR -> RGB. Errors name the file and, for an image, its index.
 VerificationSet read_verification_bin(const std::string& path);
 
+// Writes an insightface .bin as insightface's packing scripts do (`pickle.dump((bins,
+// issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)`): a protocol-4 pickle of (list of 2N
+// bytes, list of N bools) that Python's pickle.load(f, encoding='bytes') and
+// read_verification_bin read. Images 2i and 2i+1 form pair i; each is an encoded file (PNG
+// or JPEG bytes, BGR as OpenCV writes them). Written atomically (temporary file, rename).
+void write_verification_bin(const std::string& path, const std::vector<std::string>& encoded_images,
+                            const std::vector<bool>& issame);
+
 // numpy.arange(0, stop, step) exactly as numpy fills it: value i is i * step.
 std::vector<double> arange_thresholds(double stop, double step);
 
