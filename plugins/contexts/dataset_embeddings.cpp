@@ -81,14 +81,15 @@ void register_dataset_embeddings(FactoryList& registry) {
       Kind::ContextSource, "dataset-embeddings", "1.0.0",
       "One context per image of a labelled dataset (reader order), embedded by a backbone: the per-image contexts "
       "IDiff-Face/ADMIS train the generator with",
-      {ParamSpec::Plugin("data", "dataset-reader", "the dataset's reader, e.g. image-folder, tfrecord, toy-faces"),
-       ParamSpec::Path("data_path", "", "what the reader opens"),
-       ParamSpec::Plugin("backbone", "backbone", "the recognition network that embeds the images (give its weights)"),
-       ParamSpec::Bool("flip_sum", false,
-                       "add the embedding of the horizontally flipped image (ADMIS's training contexts do not)"),
-       ParamSpec::Bool("normalize", true, "divide each embedding by its L2 norm, as ADMIS does"),
-       ParamSpec::Int("batch_size", 64, "images embedded per forward pass").at_least(1),
-       ParamSpec::Path("save_npy", "", "optional: also write the embeddings to this .npy file (atomically)")},
+      [] {
+        std::vector<ParamSpec> params = {
+            ParamSpec::Plugin("data", "dataset-reader", "the dataset's reader, e.g. image-folder, tfrecord, toy-faces"),
+            ParamSpec::Path("data_path", "", "what the reader opens")};
+        for (auto& spec : embedding_params(false, "add the embedding of the horizontally flipped image (ADMIS's "
+                                                  "training contexts do not)"))
+          params.push_back(std::move(spec));
+        return params;
+      }(),
       [](const Params& p, Host& host) -> std::unique_ptr<Plugin> {
         return std::make_unique<DatasetEmbeddings>(p, host);
       });

@@ -60,13 +60,14 @@ void register_image_folder(FactoryList& registry) {
   registry.add(
       Kind::ContextSource, "image-folder", "1.0.0",
       "Faces in a folder (sorted by name) embedded by a backbone plugin, as ADMIS extract_embed.py",
-      {ParamSpec::Path("root", "", "folder of face images (.png/.jpg/.jpeg files, no subfolders)").required_value(),
-       ParamSpec::Plugin("backbone", "backbone", "the recognition network that embeds the faces (give its weights)"),
-       ParamSpec::Bool("flip_sum", true,
-                       "add the embedding of the horizontally flipped face (ADMIS extract_embed.py does not: false)"),
-       ParamSpec::Bool("normalize", true, "divide each embedding by its L2 norm, as ADMIS does"),
-       ParamSpec::Int("batch_size", 64, "faces embedded per forward pass").at_least(1),
-       ParamSpec::Path("save_npy", "", "optional: also write the embeddings to this .npy file (atomically)")},
+      [] {
+        std::vector<ParamSpec> params = {
+            ParamSpec::Path("root", "", "folder of face images (.png/.jpg/.jpeg files, no subfolders)").required_value()};
+        for (auto& spec : embedding_params(true, "add the embedding of the horizontally flipped face (ADMIS "
+                                                 "extract_embed.py does not: false)"))
+          params.push_back(std::move(spec));
+        return params;
+      }(),
       [](const Params& p, Host& host) -> std::unique_ptr<Plugin> {
         return std::make_unique<ImageFolderSource>(p, host);
       });

@@ -18,6 +18,17 @@ namespace admis::test::contexts {
 namespace fs = std::filesystem;
 using ParamMap = std::map<std::string, Value>;
 
+// A nested plugin value, as a manifest's {plugin: NAME, params: {...}, weights: FILE}.
+inline Value plugin_value(const std::string& kind, const std::string& name, ParamMap params,
+                          const std::string& weights = "") {
+  auto spec = std::make_shared<PluginSpec>();
+  spec->kind = kind;
+  spec->name = name;
+  spec->params = std::move(params);
+  spec->weights = weights;
+  return Value(std::shared_ptr<const PluginSpec>(spec));
+}
+
 inline std::shared_ptr<ContextSource> make_source(const std::string& name, const ParamMap& params = {}) {
   return create<ContextSource>(Kind::ContextSource, name, params);
 }

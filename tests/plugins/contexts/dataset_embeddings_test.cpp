@@ -11,15 +11,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-Value plugin_value(const std::string& kind, const std::string& name, ParamMap params, const std::string& weights = "") {
-  auto spec = std::make_shared<PluginSpec>();
-  spec->kind = kind;
-  spec->name = name;
-  spec->params = std::move(params);
-  spec->weights = weights;
-  return Value(std::shared_ptr<const PluginSpec>(spec));
-}
-
 TEST(DatasetEmbeddings, OneContextPerImageInReaderOrderEqualToTheBackbone) {
   const std::string dir = temp_dir("dataset-embeddings");
   // Two identities, three images each: a.png, b.png, c.png.

@@ -58,22 +58,13 @@ const Models& models() {
   return m;
 }
 
-Value spec(const std::string& kind, const std::string& name, ParamMap params, const std::string& weights = "") {
-  auto s = std::make_shared<PluginSpec>();
-  s->kind = kind;
-  s->name = name;
-  s->params = std::move(params);
-  s->weights = weights;
-  return Value(std::shared_ptr<const PluginSpec>(s));
-}
-
 ParamMap base_params(const std::string& root, std::int64_t count) {
   return {{"root", Value(root)},
           {"count", Value(count)},
-          {"denoiser", spec("denoiser", kFaceModel, denoiser_params(), models().denoiser_weights)},
-          {"scheduler", spec("scheduler", "respaced-ddpm",
+          {"denoiser", plugin_value("denoiser", kFaceModel, denoiser_params(), models().denoiser_weights)},
+          {"scheduler", plugin_value("scheduler", "respaced-ddpm",
                              {{"learn_sigma", Value(kLearnSigma)}, {"timestep_respacing", Value(std::string("10"))}})},
-          {"backbone", spec("backbone", "mobilefacenet", {{"embedding_size", Value(64)}}, models().backbone_weights)},
+          {"backbone", plugin_value("backbone", "mobilefacenet", {{"embedding_size", Value(64)}}, models().backbone_weights)},
           {"image_size", Value(32)},
           {"batch_size", Value(2)}};
 }
@@ -255,7 +246,7 @@ TEST(DdpmFaces, RefusesMixedSettingsConditionalModelsAndTooFewCandidates) {
 
   ParamMap conditional = base_params(temp_dir("ddpm-faces-conditional"), 1);
   conditional["denoiser"] =
-      spec("denoiser", "idiff-unet",
+      plugin_value("denoiser", "idiff-unet",
            {{"initial_channels", Value(32)},
             {"channel_multipliers", Value(std::vector<std::int64_t>{1})},
             {"is_attention", Value(std::vector<bool>{false})},
@@ -263,7 +254,7 @@ TEST(DdpmFaces, RefusesMixedSettingsConditionalModelsAndTooFewCandidates) {
   EXPECT_THAT(error_of([&] { build(conditional); }), HasSubstr("is context-conditional"));
 
   ParamMap variance = base_params(temp_dir("ddpm-faces-variance"), 1);
-  variance["scheduler"] = spec("scheduler", "respaced-ddpm", {{"timestep_respacing", Value(std::string("10"))}});
+  variance["scheduler"] = plugin_value("scheduler", "respaced-ddpm", {{"timestep_respacing", Value(std::string("10"))}});
   EXPECT_THAT(error_of([&] { build(variance); }), HasSubstr("outputs 6 channels but scheduler/respaced-ddpm expects 3"));
 }
 
