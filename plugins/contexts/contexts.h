@@ -55,10 +55,11 @@ torch::Tensor embed_faces(Backbone& backbone, Host& host, std::size_t count,
                           const std::function<torch::Tensor(std::size_t)>& face_at, bool flip_sum,
                           std::int64_t batch_size);
 
-// The parameters of a source that embeds images with a backbone plugin: backbone, flip_sum
-// (default and doc given, as sources differ in what the reference does), normalize,
-// batch_size and save_npy.
-std::vector<ParamSpec> embedding_params(bool flip_sum_default, const std::string& flip_sum_doc);
+// The parameters of a source that embeds images with a backbone plugin: `own` followed by
+// backbone, flip_sum (default and doc given, as sources differ in what the reference
+// does), normalize, batch_size and save_npy.
+std::vector<ParamSpec> with_embedding_params(std::vector<ParamSpec> own, bool flip_sum_default,
+                                             const std::string& flip_sum_doc);
 
 // Rows divided by their L2 norm (clamped at 1e-12, as torch.nn.functional.normalize), in
 // the tensor's own dtype.

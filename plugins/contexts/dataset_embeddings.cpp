@@ -81,15 +81,10 @@ void register_dataset_embeddings(FactoryList& registry) {
       Kind::ContextSource, "dataset-embeddings", "1.0.0",
       "One context per image of a labelled dataset (reader order), embedded by a backbone: the per-image contexts "
       "IDiff-Face/ADMIS train the generator with",
-      [] {
-        std::vector<ParamSpec> params = {
-            ParamSpec::Plugin("data", "dataset-reader", "the dataset's reader, e.g. image-folder, tfrecord, toy-faces"),
-            ParamSpec::Path("data_path", "", "what the reader opens")};
-        for (auto& spec : embedding_params(false, "add the embedding of the horizontally flipped image (ADMIS's "
-                                                  "training contexts do not)"))
-          params.push_back(std::move(spec));
-        return params;
-      }(),
+      with_embedding_params(
+          {ParamSpec::Plugin("data", "dataset-reader", "the dataset's reader, e.g. image-folder, tfrecord, toy-faces"),
+           ParamSpec::Path("data_path", "", "what the reader opens")},
+          false, "add the embedding of the horizontally flipped image (ADMIS's training contexts do not)"),
       [](const Params& p, Host& host) -> std::unique_ptr<Plugin> {
         return std::make_unique<DatasetEmbeddings>(p, host);
       });

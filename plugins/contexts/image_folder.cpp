@@ -60,14 +60,9 @@ void register_image_folder(FactoryList& registry) {
   registry.add(
       Kind::ContextSource, "image-folder", "1.0.0",
       "Faces in a folder (sorted by name) embedded by a backbone plugin, as ADMIS extract_embed.py",
-      [] {
-        std::vector<ParamSpec> params = {
-            ParamSpec::Path("root", "", "folder of face images (.png/.jpg/.jpeg files, no subfolders)").required_value()};
-        for (auto& spec : embedding_params(true, "add the embedding of the horizontally flipped face (ADMIS "
-                                                 "extract_embed.py does not: false)"))
-          params.push_back(std::move(spec));
-        return params;
-      }(),
+      with_embedding_params(
+          {ParamSpec::Path("root", "", "folder of face images (.png/.jpg/.jpeg files, no subfolders)").required_value()},
+          true, "add the embedding of the horizontally flipped face (ADMIS extract_embed.py does not: false)"),
       [](const Params& p, Host& host) -> std::unique_ptr<Plugin> {
         return std::make_unique<ImageFolderSource>(p, host);
       });

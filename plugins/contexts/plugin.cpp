@@ -113,12 +113,15 @@ torch::Tensor embed_faces(Backbone& backbone, Host& host, std::size_t count,
   return torch::cat(parts).contiguous();
 }
 
-std::vector<ParamSpec> embedding_params(bool flip_sum_default, const std::string& flip_sum_doc) {
-  return {ParamSpec::Plugin("backbone", "backbone", "the recognition network that embeds the images (give its weights)"),
-          ParamSpec::Bool("flip_sum", flip_sum_default, flip_sum_doc),
-          ParamSpec::Bool("normalize", true, "divide each embedding by its L2 norm, as ADMIS does"),
-          ParamSpec::Int("batch_size", 64, "images embedded per forward pass").at_least(1),
-          ParamSpec::Path("save_npy", "", "optional: also write the embeddings to this .npy file (atomically)")};
+std::vector<ParamSpec> with_embedding_params(std::vector<ParamSpec> own, bool flip_sum_default,
+                                             const std::string& flip_sum_doc) {
+  own.push_back(
+      ParamSpec::Plugin("backbone", "backbone", "the recognition network that embeds the images (give its weights)"));
+  own.push_back(ParamSpec::Bool("flip_sum", flip_sum_default, flip_sum_doc));
+  own.push_back(ParamSpec::Bool("normalize", true, "divide each embedding by its L2 norm, as ADMIS does"));
+  own.push_back(ParamSpec::Int("batch_size", 64, "images embedded per forward pass").at_least(1));
+  own.push_back(ParamSpec::Path("save_npy", "", "optional: also write the embeddings to this .npy file (atomically)"));
+  return own;
 }
 
 torch::Tensor l2_normalize(const torch::Tensor& rows) {
