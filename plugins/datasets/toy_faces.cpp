@@ -358,9 +358,13 @@ class ToyFacesReader : public DatasetReader {
         first_(p.get_int("first_identity")),
         per_identity_(p.get_int("images_per_identity")),
         size_(static_cast<int>(p.get_int("image_size"))),
+        render_size_(static_cast<int>(p.get_int("render_size") > 0 ? p.get_int("render_size") : p.get_int("image_size"))),
         seed_(static_cast<std::uint64_t>(p.get_int("seed"))),
         s_{p.get_float("pose"),  p.get_float("lighting"),  p.get_float("expression"), p.get_float("blur"),
-           p.get_float("noise"), p.get_float("occlusion"), p.get_float("background")} {}
+           p.get_float("noise"), p.get_float("occlusion"), p.get_float("background")} {
+    if (render_size_ < 8)
+      throw Error(kName, cat("render_size must be 0 (draw at image_size) or at least 8; got ", p.get_int("render_size")));
+  }
 
   void open(const std::string& source) override {
     if (!source.empty())
@@ -393,7 +397,7 @@ class ToyFacesReader : public DatasetReader {
   }
 
   torch::Tensor render(std::int64_t identity, std::int64_t k) const {
-    const int n = size_;
+    const int n = render_size_;
     auto stream = [&](Stream which) {
       return Rng(derive({seed_, static_cast<std::uint64_t>(identity), static_cast<std::uint64_t>(k), which}));
     };
@@ -475,11 +479,15 @@ class ToyFacesReader : public DatasetReader {
         }
       }
     }
-    return out;
+    if (n == size_) return out;
+    // A low-resolution world stored at the size the consumer expects (bilinear up, area down).
+    cv::Mat small(n, n, CV_8UC3, out.data_ptr<std::uint8_t>()), resized;
+    cv::resize(small, resized, cv::Size(size_, size_), 0, 0, size_ > n ? cv::INTER_LINEAR : cv::INTER_AREA);
+    return torch::from_blob(resized.data, {size_, size_, 3}, torch::kUInt8).clone();
   }
 
   std::int64_t identities_, first_, per_identity_;
-  int size_;
+  int size_, render_size_;
   std::uint64_t seed_;
   Nuisances s_;
 };
@@ -497,6 +505,10 @@ void register_toy_faces(FactoryList& registry) {
            .range(0, 1e12),
        ParamSpec::Int("images_per_identity", 20, "images rendered per identity").range(1, 1e6),
        ParamSpec::Int("image_size", 112, "side of the square images (the ArcFace 112x112 layout, scaled)").range(16, 4096),
+       ParamSpec::Int("render_size", 0,
+                      "draw the faces at this side, then resize them to image_size (a low-resolution world, e.g. 16 "
+                      "to match a small diffusion model's samples); 0: draw at image_size")
+           .range(0, 4096),
        ParamSpec::Int("seed", 0, "draws the identities and the images; equal seeds give equal pixels").at_least(0),
        strength("pose", 0.5, "rotation (up to 12 degrees), scale (8%), shift (5 px) and yaw, as a strength in [0, 1]"),
        strength("lighting", 0.5, "lighting gradient, brightness and colour cast strength in [0, 1]"),

@@ -42,7 +42,7 @@ std::vector<double> ticks(double lo, double hi) {
 
 std::string tick_text(double v) {
   if (v != 0 && (std::fabs(v) >= 1e5 || std::fabs(v) < 1e-3)) return fmt::format("{:.0e}", v);
-  return fmt::format("{:g}", v);
+  return fmt::format("{:.3g}", v);  // log-axis ticks fall between round numbers
 }
 
 }  // namespace
@@ -92,19 +92,37 @@ void write_line_plot(const std::string& path, const std::vector<PlotSeries>& ser
     const cv::Scalar colour = kColours[k % kColours.size()];
     if (points.size() == 1) cv::circle(img, points[0], 3, colour, -1, cv::LINE_AA);
     if (points.size() > 1) cv::polylines(img, points, false, colour, 2, cv::LINE_AA);
-    const cv::Point at(left + pw - 250, top + 20 + 20 * static_cast<int>(k));
-    cv::line(img, at + cv::Point(0, -4), at + cv::Point(24, -4), colour, 3, cv::LINE_AA);
-    cv::putText(img, s.name, at + cv::Point(30, 0), font, 0.45, black, 1, cv::LINE_AA);
   }
-  cv::putText(img, o.title, cv::Point(left, 30), font, 0.6, black, 1, cv::LINE_AA);
+  // The legend on a white box sized to its longest name: top right, or bottom right for ROC
+  // curves, which run along the top.
+  int legend_width = 0;
+  for (const auto& s : series) {
+    int baseline = 0;
+    legend_width = std::max(legend_width, cv::getTextSize(s.name, font, 0.45, 1, &baseline).width);
+  }
+  legend_width += 44;
+  const int legend_height = 20 * static_cast<int>(series.size()) + 8;
+  const cv::Point corner(left + pw - legend_width - 6, o.unit_square ? top + ph - legend_height - 6 : top + 6);
+  if (!series.empty()) {
+    cv::rectangle(img, corner, corner + cv::Point(legend_width, legend_height), cv::Scalar(255, 255, 255), cv::FILLED);
+    cv::rectangle(img, corner, corner + cv::Point(legend_width, legend_height), grey, 1);
+  }
+  for (std::size_t k = 0; k < series.size(); ++k) {
+    const cv::Point at = corner + cv::Point(8, 18 + 20 * static_cast<int>(k));
+    cv::line(img, at + cv::Point(0, -4), at + cv::Point(24, -4), kColours[k % kColours.size()], 3, cv::LINE_AA);
+    cv::putText(img, series[k].name, at + cv::Point(30, 0), font, 0.45, black, 1, cv::LINE_AA);
+  }
+  cv::putText(img, o.title, cv::Point(left, 22), font, 0.6, black, 1, cv::LINE_AA);
   cv::putText(img, o.x_label, cv::Point(left + pw / 2 - 5 * static_cast<int>(o.x_label.size()), height - 15), font,
               0.5, black, 1, cv::LINE_AA);
-  cv::putText(img, o.y_label + (o.log_y ? " (log)" : ""), cv::Point(8, top - 12), font, 0.5, black, 1, cv::LINE_AA);
+  cv::putText(img, o.y_label + (o.log_y ? " (log)" : ""), cv::Point(8, top - 6), font, 0.5, black, 1, cv::LINE_AA);
   write_png(img, path);
 }
 
-void write_captioned_stack(const std::string& path, const std::vector<std::pair<std::string, std::string>>& pictures,
-                           int width) {
+namespace {
+
+// The pictures one under the other, each under its caption, scaled to `width`.
+cv::Mat captioned_column(const std::vector<std::pair<std::string, std::string>>& pictures, int width) {
   std::vector<cv::Mat> parts;
   for (const auto& [caption, file] : pictures) {
     const cv::Mat picture = cv::imread(file, cv::IMREAD_COLOR);
@@ -112,15 +130,49 @@ void write_captioned_stack(const std::string& path, const std::vector<std::pair<
     cv::Mat scaled;
     const int height = std::max(1, static_cast<int>(std::lround(picture.rows * static_cast<double>(width) / picture.cols)));
     cv::resize(picture, scaled, cv::Size(width, height), 0, 0, picture.cols > width ? cv::INTER_AREA : cv::INTER_NEAREST);
+    // The caption's font shrinks until it fits the column.
+    double scale = 0.55;
+    int baseline = 0;
+    while (scale > 0.3 && cv::getTextSize(caption, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline).width > width - 16)
+      scale -= 0.05;
     cv::Mat label(32, width, CV_8UC3, cv::Scalar(255, 255, 255));
-    cv::putText(label, caption, cv::Point(8, 22), cv::FONT_HERSHEY_SIMPLEX, 0.6, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
+    cv::putText(label, caption, cv::Point(8, 22), cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(0, 0, 0), 1, cv::LINE_AA);
     parts.push_back(label);
     parts.push_back(scaled);
   }
-  if (parts.empty()) throw Error(path, "none of the pictures to combine could be read");
-  cv::Mat stacked;
-  cv::vconcat(parts, stacked);
-  write_png(stacked, path);
+  cv::Mat column;
+  if (!parts.empty()) cv::vconcat(parts, column);
+  return column;
+}
+
+}  // namespace
+
+void write_overview(const std::string& path, const std::vector<std::string>& header,
+                    const std::vector<std::vector<std::pair<std::string, std::string>>>& columns, int column_width) {
+  std::vector<cv::Mat> built;
+  int height = 0;
+  for (const auto& pictures : columns) {
+    cv::Mat column = captioned_column(pictures, column_width);
+    if (column.empty()) continue;
+    height = std::max(height, column.rows);
+    built.push_back(column);
+  }
+  if (built.empty()) throw Error(path, "none of the pictures to combine could be read");
+  for (auto& column : built)  // pad the shorter columns with white
+    if (column.rows < height)
+      cv::copyMakeBorder(column, column, 0, height - column.rows, 0, 0, cv::BORDER_CONSTANT, cv::Scalar(255, 255, 255));
+  cv::Mat body;
+  cv::hconcat(built, body);
+  const int line_height = 28;
+  cv::Mat top(line_height * static_cast<int>(header.size()) + (header.empty() ? 0 : 12), body.cols, CV_8UC3,
+              cv::Scalar(255, 255, 255));
+  for (std::size_t k = 0; k < header.size(); ++k)
+    cv::putText(top, header[k], cv::Point(8, 24 + line_height * static_cast<int>(k)), cv::FONT_HERSHEY_SIMPLEX,
+                k == 0 ? 0.75 : 0.6, cv::Scalar(0, 0, 0), k == 0 ? 2 : 1, cv::LINE_AA);
+  cv::Mat whole;
+  if (top.rows > 0) cv::vconcat(std::vector<cv::Mat>{top, body}, whole);
+  else whole = body;
+  write_png(whole, path);
 }
 
 }  // namespace admis::host

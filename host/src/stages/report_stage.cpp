@@ -328,10 +328,15 @@ StageType report_stage() {
 
         write_file_atomic((out / "report.md").string(), md);
         write_file_atomic((out / "report.html").string(), html);
-        // One picture of the whole: the sample grids, then the curves.
-        std::vector<std::pair<std::string, std::string>> overview = grids;
-        for (const auto& [caption, file] : figure_list) overview.push_back({caption, (figures / file).string()});
-        if (!overview.empty()) write_captioned_stack((out / "overview.png").string(), overview, 720);
+        // One picture of the whole: the title and each row's accuracy, the sample grids on the
+        // left, the curves on the right.
+        std::vector<std::string> header{keys.get_string("title")};
+        for (const auto& r : rows)
+          header.push_back(fmt::format("{}: {:.1f}% average verification accuracy", r.label,
+                                       100 * r.results["average_accuracy"].get<double>()));
+        std::vector<std::pair<std::string, std::string>> curves;
+        for (const auto& [caption, file] : figure_list) curves.push_back({caption, (figures / file).string()});
+        if (!grids.empty() || !curves.empty()) write_overview((out / "overview.png").string(), header, {grids, curves}, 540);
         std::cerr << fmt::format("[{}] {} rows -> {}", ctx.stage_name, rows.size(), (out / "report.md").string())
                   << std::endl;
         for (const auto& r : rows)

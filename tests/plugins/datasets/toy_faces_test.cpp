@@ -5,6 +5,8 @@
 #include <sstream>
 #include <thread>
 
+#include <opencv2/imgproc.hpp>
+
 #include "admis/host/conformance.h"
 #include "admis/host/manifest.h"
 #include "datasets_test_util.h"
@@ -68,6 +70,28 @@ TEST(ToyFaces, RendersAtAnySizeInTheArcFaceLayout) {
   const double d = (down - small.to(torch::kFloat32)).abs().mean().item<double>();
   std::cout << "mean |render224 downsampled - render112| = " << d << " grey levels" << std::endl;
   EXPECT_LT(d, 6.0);
+}
+
+// render_size: the face drawn small and stored large is the small render, resized (so the
+// 112 px images of a 16 px world carry 16 px of detail), and render_size = image_size is
+// the plain render.
+TEST(ToyFaces, RenderSizeDrawsSmallAndStoresAtImageSize) {
+  const ParamMap params = {{"identities", 3}, {"images_per_identity", 2}};
+  const torch::Tensor small = toy(with(params, {{"image_size", 16}}))->read(5).image;
+  const torch::Tensor stored = toy(with(params, {{"render_size", 16}}))->read(5).image;
+  ASSERT_EQ(stored.sizes(), (std::vector<std::int64_t>{112, 112, 3}));
+  cv::Mat small_mat(16, 16, CV_8UC3, small.data_ptr<std::uint8_t>()), expected;
+  cv::resize(small_mat, expected, cv::Size(112, 112), 0, 0, cv::INTER_LINEAR);
+  const torch::Tensor expected_tensor = torch::from_blob(expected.data, {112, 112, 3}, torch::kUInt8).clone();
+  EXPECT_EQ(distance(stored, expected_tensor), 0.0);
+  // Little detail survives: far from the 112 px render of the same image.
+  EXPECT_GT(distance(stored, toy(params)->read(5).image), 3.0);
+  EXPECT_TRUE(torch::equal(toy(with(params, {{"render_size", 112}}))->read(5).image, toy(params)->read(5).image));
+  // Drawn large and stored small: area averaging.
+  EXPECT_EQ(toy(with(params, {{"image_size", 32}, {"render_size", 64}}))->read(1).image.sizes(),
+            (std::vector<std::int64_t>{32, 32, 3}));
+  EXPECT_THAT(error_of([&] { toy({{"render_size", 4}}); }),
+              HasSubstr("render_size must be 0 (draw at image_size) or at least 8; got 4"));
 }
 
 TEST(ToyFaces, LabelsNamesAndGlobalIdentityIndices) {

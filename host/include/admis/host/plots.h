@@ -21,9 +21,10 @@ struct PlotOptions {
 // Writes a line chart of `series` (one colour each, with a legend) to `path` atomically.
 void write_line_plot(const std::string& path, const std::vector<PlotSeries>& series, const PlotOptions& options);
 
-// Stacks PNG/JPEG pictures vertically, each under its caption, scaled to `width` pixels,
-// and writes the result to `path` atomically; missing pictures are skipped.
-void write_captioned_stack(const std::string& path, const std::vector<std::pair<std::string, std::string>>& pictures,
-                           int width);
+// One picture of a run: `header` lines (the first as a title) over columns of pictures, each
+// picture under its caption and scaled to `column_width`; written to `path` atomically.
+// Pictures that cannot be read are skipped.
+void write_overview(const std::string& path, const std::vector<std::string>& header,
+                    const std::vector<std::vector<std::pair<std::string, std::string>>>& columns, int column_width);
 
 }  // namespace admis::host
