@@ -15,6 +15,8 @@
 
 #include "admis/host/conformance.h"
 #include "admis/host/convert.h"
+#include "admis/host/distributed.h"
+#include "admis/host/distributed_launch.h"
 #include "admis/host/forward.h"
 #include "admis/host/generation.h"
 #include "admis/host/manifest.h"
@@ -71,6 +73,7 @@ commands:
   convert --from FMT:PATH --to FMT:PATH   copy a dataset between image-folder, tfrecord, recordio
   eval --backbone NAME --weights W --data DIR   face verification on insightface .bin sets
   bench [--backbone NAME ...]      backbone (+ head) throughput on this machine
+  launch --nproc-per-node N -- COMMAND...   run COMMAND in N data-parallel workers (as torchrun)
 
 global options (before or after the command):
   --threads N      intra-op threads (default: all cores)
@@ -214,7 +217,7 @@ int cmd_manifest(const std::vector<std::string>& args, Globals& g, bool run) {
   g.settings.seed = vm["seed"].defaulted() ? m.seed : g.settings.seed;
   Runtime runtime(registry, g.settings);
   run_manifest(m, runtime, a.force, only);
-  std::cout << fmt::format("done: outputs in {}\n", m.output_dir);
+  if (world(runtime.device())->is_main()) std::cout << fmt::format("done: outputs in {}\n", m.output_dir);
   return 0;
 }
 
@@ -344,7 +347,9 @@ int run_cli(int argc, char** argv) {
     if (command == "convert") return cmd_convert(args, g);
     if (command == "eval") return cmd_eval(args, g);
     if (command == "bench") return cmd_bench(args, g);
-    static const std::vector<std::string> commands = {"plugins", "validate", "run", "forward", "weights", "check", "bench", "eval", "convert"};
+    if (command == "launch") return cmd_launch(args, g);
+    static const std::vector<std::string> commands = {"plugins", "validate", "run",  "forward", "weights",
+                                                      "check",   "bench",    "eval", "convert", "launch"};
     std::cerr << fmt::format("admis: unknown command '{}'{}\n\n{}", command, did_you_mean(command, commands), kUsage)
               << std::endl;
     return 2;

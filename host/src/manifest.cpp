@@ -14,6 +14,7 @@
 #include <iterator>
 #include <set>
 
+#include "admis/host/distributed.h"
 #include "admis/host/text.h"
 
 namespace fs = boost::filesystem;
@@ -603,42 +604,77 @@ void check_stage_names(const Manifest& m, const std::vector<std::string>& only) 
 
 void run_manifest(const Manifest& m, Runtime& runtime, bool force, const std::vector<std::string>& only) {
   check_stage_names(m, only);
-  fs::create_directories(m.output_dir);
-  write_file_atomic((fs::path(m.output_dir) / "manifest.resolved.yaml").string(), resolved_manifest_yaml(m));
+  Distributed& dist = *world(runtime.device());
+  const bool main_rank = dist.is_main();
+  if (main_rank) {
+    fs::create_directories(m.output_dir);
+    write_file_atomic((fs::path(m.output_dir) / "manifest.resolved.yaml").string(), resolved_manifest_yaml(m));
+  }
   const std::size_t n = m.stages.size();
   // Once a stage runs, every later stage runs too: its inputs may have changed.
   bool upstream_ran = force;
   for (std::size_t i = 0; i < n; ++i) {
     const ResolvedStage& s = m.stages[i];
-    if (!only.empty() && std::find(only.begin(), only.end(), s.name) == only.end()) {
-      std::cerr << fmt::format("[{}/{}] {} not selected by --stages, left as it is", i + 1, n, stage_label(s))
-                << std::endl;
-      continue;
-    }
     StageContext ctx{runtime, s.name, (fs::path(m.output_dir) / s.name).string(), force};
     const std::string stamp = (fs::path(ctx.output_dir) / kStageDoneFile).string();
-    const std::string fingerprint = stage_fingerprint(s, m.seed);
-    if (!upstream_ran && fs::exists(stamp) && read_text(stamp) == fingerprint) {
-      std::cerr << fmt::format("[{}/{}] {} already done, kept (--force recomputes)", i + 1, n, stage_label(s))
-                << std::endl;
-      continue;
+    const std::string label = stage_label(s);
+    // Rank 0 decides what happens to the stage from its view of the output folder, and the
+    // other ranks follow (their view may differ, e.g. a folder not shared between machines).
+    std::string plan;
+    std::string fingerprint;
+    if (main_rank) {
+      fingerprint = stage_fingerprint(s, m.seed);
+      if (!only.empty() && std::find(only.begin(), only.end(), s.name) == only.end()) {
+        plan = "unselected";
+        std::cerr << fmt::format("[{}/{}] {} not selected by --stages, left as it is", i + 1, n, label) << std::endl;
+      } else if (!upstream_ran && fs::exists(stamp) && read_text(stamp) == fingerprint) {
+        plan = "kept";
+        std::cerr << fmt::format("[{}/{}] {} already done, kept (--force recomputes)", i + 1, n, label) << std::endl;
+      } else {
+        plan = "run";
+        upstream_ran = true;
+        fs::remove(stamp);
+        fs::create_directories(ctx.output_dir);
+        std::cerr << fmt::format("[{}/{}] {} ...{}", i + 1, n, label,
+                                 dist.active() ? s.type->all_ranks
+                                                     ? fmt::format(" (on all {} ranks)", dist.world_size())
+                                                     : " (on rank 0; the other ranks wait)"
+                                               : "")
+                  << std::endl;
+      }
+      dist.publish(fmt::format("stage/{}/plan", i), plan);
+    } else {
+      plan = dist.await(fmt::format("stage/{}/plan", i), fmt::format("rank 0 to start {}", label));
     }
-    upstream_ran = true;
-    fs::remove(stamp);
-    fs::create_directories(ctx.output_dir);
-    std::cerr << fmt::format("[{}/{}] {} ...", i + 1, n, stage_label(s)) << std::endl;
+    if (plan != "run") continue;
+
+    const std::string finished_key = fmt::format("stage/{}/finished", i);
     const auto start = std::chrono::steady_clock::now();
-    try {
-      s.type->run(s.keys, ctx);
-    } catch (const std::exception& e) {
-      throw Error(fmt::format("{} {}", s.where, stage_label(s)), describe(e));
+    if (main_rank || s.type->all_ranks) {
+      try {
+        if (s.type->all_ranks) fs::create_directories(ctx.output_dir);
+        s.type->run(s.keys, ctx);
+      } catch (const std::exception& e) {
+        const Error error(fmt::format("{} {}", s.where, label), describe(e));
+        dist.publish_failure(error.what());
+        throw error;
+      }
+      if (s.type->all_ranks)
+        dist.wait_for_all(fmt::format("stage/{}/end", i), fmt::format("the other ranks to finish {}", label));
+      else
+        dist.publish(finished_key, "ok");
+    } else {
+      dist.await(finished_key, fmt::format("rank 0 to finish {}", label));
     }
+    if (!main_rank) continue;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     write_file_atomic((fs::path(ctx.output_dir) / kStageTimeFile).string(), fmt::format("{:.3f}\n", seconds));
     write_file_atomic(stamp, fingerprint);
-    std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, stage_label(s), seconds, ctx.output_dir)
+    std::cerr << fmt::format("[{}/{}] {} done in {:.2f} s -> {}", i + 1, n, label, seconds, ctx.output_dir)
               << std::endl;
   }
+  // Rank 0 serves the store the others still read from: it is the last to go.
+  dist.farewell("the end of the run");
 }
 
 std::shared_ptr<Plugin> create_from_entry(Kind kind, const std::string& entry, Runtime& runtime, const std::string& where) {

@@ -13,6 +13,8 @@
 #include <sstream>
 
 #include "admis/host/data_loader.h"
+#include "admis/host/distributed.h"
+#include "admis/host/distributed_reducer.h"
 #include "admis/host/event_writer.h"
 #include "admis/host/manifest.h"
 #include "admis/host/runtime.h"
@@ -261,8 +263,13 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
   }
   codec.module().eval();
   const std::int64_t T = scheduler.num_train_timesteps();
+  const std::shared_ptr<Distributed> dist = options.distributed ? options.distributed : world(device);
+  const bool main_rank = dist->is_main();
+  std::ostream* const progress = main_rank ? options.progress : nullptr;
 
   LoaderOptions lo;
+  lo.rank = dist->rank();
+  lo.world_size = dist->world_size();
   lo.batch_size = options.batch_size;
   lo.workers = options.workers;
   lo.prefetch_batches = options.prefetch_batches;
@@ -292,16 +299,24 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
                                                        {"dataset_size", std::to_string(dataset_size)},
                                                        {"precision", options.precision}};
 
-  std::int64_t start_step = 0;
-  std::string resume_from = options.resume ? latest_checkpoint(output_dir, "step-", &start_step) : "";
+  // Rank 0 picks the checkpoint, so all ranks continue the same one.
+  std::int64_t start_step = -1;
+  if (options.resume && main_rank) latest_checkpoint(output_dir, "step-", &start_step);
+  if (dist->active()) {
+    torch::Tensor chosen = torch::tensor({start_step});
+    dist->broadcast(chosen, 0, "the checkpoint to resume from");
+    start_step = chosen.item<std::int64_t>();
+  }
+  std::string resume_from =
+      start_step < 0 ? "" : (fs::path(output_dir) / "checkpoints" / fmt::format("step-{}", start_step)).string();
   StateDict reference_ema;
   if (resume_from.empty()) {
     start_step = 0;
-    fs::remove_all(fs::path(output_dir) / "checkpoints");
+    if (main_rank) fs::remove_all(fs::path(output_dir) / "checkpoints");
     if (!options.resume_from_reference.empty()) {
       start_step = load_reference_checkpoint(options.resume_from_reference, denoiser, optimizer, reference_ema);
-      if (options.progress)
-        *options.progress << fmt::format("[{}] continuing the reference checkpoint in {} (step {})", kWho,
+      if (progress)
+        *progress << fmt::format("[{}] continuing the reference checkpoint in {} (step {})", kWho,
                                          options.resume_from_reference, start_step)
                           << std::endl;
     }
@@ -322,13 +337,16 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     if (meta.count("loss_scale"))
       scaler.restore(std::stod(meta.at("loss_scale")), std::stoll(meta.at("loss_scale_growth_tracker")));
   }
+  // Every rank starts from rank 0's weights (fresh ones differ by rank's seed history); the
+  // EMA, made from them and updated by identical steps, then stays identical too.
+  broadcast_module(*dist, denoiser.module(), "denoiser");
   ExponentialMovingAverage ema(denoiser.module(), options.ema);
   if (!resume_from.empty()) {
     const std::string ema_path = (fs::path(resume_from) / "ema.safetensors").string();
     ema.load(read_safetensors(ema_path), ema_path);
     ema.set_optimization_step(start_step);
-    if (options.progress)
-      *options.progress << fmt::format("[{}] resuming from {} (step {})", kWho, resume_from, start_step) << std::endl;
+    if (progress)
+      *progress << fmt::format("[{}] resuming from {} (step {})", kWho, resume_from, start_step) << std::endl;
   } else if (!reference_ema.empty()) {
     ema.load(reference_ema, options.resume_from_reference);
     ema.set_optimization_step(start_step);
@@ -339,7 +357,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
 
   // The fixed preview batch: the first preview_count samples and their contexts.
   torch::Tensor preview_images, preview_contexts;
-  if (preview && options.preview_count > 0) {
+  if (preview && options.preview_count > 0 && main_rank) {
     const std::int64_t n = std::min(options.preview_count, dataset_size);
     std::vector<torch::Tensor> images;
     for (std::int64_t i = 0; i < n; ++i) {
@@ -376,7 +394,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
   const std::string csv_path = (fs::path(output_dir) / "metrics.csv").string();
   const std::string csv_header = "step,epoch,loss,lr,steps_per_s,images_per_s,data_wait,eta_s\n";
   std::vector<std::string> csv_rows;
-  if (!resume_from.empty()) {  // keep the rows of the steps already done
+  if (!resume_from.empty() && main_rank) {  // keep the rows of the steps already done
     std::ifstream in(csv_path);
     std::string line;
     std::getline(in, line);
@@ -385,11 +403,26 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
       if (comma != std::string::npos && std::stoll(line.substr(0, comma)) <= start_step) csv_rows.push_back(line);
     }
   }
-  EventWriter events(output_dir);
+  std::unique_ptr<EventWriter> events = main_rank ? std::make_unique<EventWriter>(output_dir) : nullptr;
+
+  // The latent shape of one image, for drawing the noise of the whole batch on every rank
+  // (also on a rank whose share of a short batch is empty).
+  std::vector<std::int64_t> latent_shape;
+  if (dist->active()) {
+    if (options.batch_size < dist->world_size())
+      throw Error(kWho, fmt::format("batch_size {} is smaller than the {} ranks: give every rank at least one image per "
+                                    "step",
+                                    options.batch_size, dist->world_size()));
+    torch::NoGradGuard no_grad;
+    latent_shape = codec.encode(torch::zeros({1, 3, options.image_size, options.image_size}, device)).sizes().vec();
+    latent_shape.erase(latent_shape.begin());
+  }
+  GradientReducer reducer(dist, parameters, options.bucket_bytes);
 
   GeneratorTrainSummary summary;
   summary.start_step = start_step;
-  summary.events_file = events.path();
+  summary.events_file = events ? events->path() : "";
+  summary.world_size = dist->world_size();
   denoiser.module().train();
   using Clock = std::chrono::steady_clock;
   const auto run_start = Clock::now();
@@ -408,37 +441,69 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
     }
     // Every draw of this step (timesteps, noise, dropout mask, the UNet's own dropout)
     // comes from a generator seeded by (seed, step): resuming reproduces the run exactly.
+    // The timesteps, noise and dropout mask are drawn for the whole global batch, in the
+    // order one process draws them, and each rank takes its rows: together the ranks train
+    // on exactly what one process would.
     torch::manual_seed(mix_seed(options.seed, 0x67656eULL, static_cast<std::uint64_t>(step)));
-    const torch::Tensor images = batch.images.to(device);
+    const std::int64_t n = batch.images.size(0);
+    const std::int64_t global = dist->active() ? batch.global_size : n;
+    const std::int64_t first = dist->active() ? rank_share(global, dist->rank(), dist->world_size()).first : 0;
     torch::Tensor x0;
-    {
+    if (n > 0) {
       torch::NoGradGuard no_grad;
-      x0 = codec.encode(images);
+      x0 = codec.encode(batch.images.to(device));
+      if (dist->active() && !x0.sizes().slice(1).equals(latent_shape))
+        throw Error(kWho, fmt::format("the codec made latents [{}] from this batch but [{}] from one image",
+                                      fmt::join(x0.sizes().slice(1), ","), fmt::join(latent_shape, ",")));
     }
-    const std::int64_t n = x0.size(0);
     torch::Tensor context, dropout_mask;
     if (conditional) {
       context = contexts.index_select(0, batch.indices).to(device);
-      if (options.context_dropout > 0) dropout_mask = (torch::rand({n}) < options.context_dropout).to(device);
+      if (options.context_dropout > 0)
+        dropout_mask = (torch::rand({global}) < options.context_dropout).narrow(0, first, n).to(device);
     }
-    const torch::Tensor t = torch::randint(0, T, {n}, torch::kInt64).to(device);
-    const torch::Tensor eps = torch::randn_like(x0);
-    const torch::Tensor x_t = scheduler.add_noise(x0, eps, t);
-    torch::Tensor predicted;
-    {
-      const AutocastGuard autocast(precision, device);
-      predicted = denoiser.forward(x_t, t, context, dropout_mask);
+    const torch::Tensor t = torch::randint(0, T, {global}, torch::kInt64).narrow(0, first, n).to(device);
+    std::vector<std::int64_t> noise_shape = x0.defined() ? x0.sizes().vec() : std::vector<std::int64_t>{0};
+    if (dist->active()) {
+      noise_shape = latent_shape;
+      noise_shape.insert(noise_shape.begin(), global);
     }
-    if (!predicted.sizes().equals(eps.sizes()))
-      throw Error(kWho, fmt::format("the denoiser returned [{}] for latents [{}]; an eps-prediction model must return the "
-                                    "latent shape",
-                                    fmt::join(predicted.sizes(), ","), fmt::join(eps.sizes(), ",")));
-    const torch::Tensor loss = torch::mse_loss(predicted.to(torch::kFloat32), eps);
+    const torch::Tensor eps =
+        torch::randn(noise_shape, x0.defined() ? x0.options() : torch::TensorOptions().device(device))
+            .narrow(0, first, n);
+    // The UNet's own dropout draws per rank: the same stream on every rank would repeat
+    // rank 0's masks (PyTorch's DistributedDataParallel draws per rank as well).
+    if (dist->active())
+      torch::manual_seed(mix_seed(mix_seed(options.seed, 0x67656eULL, static_cast<std::uint64_t>(step)),
+                                  0x72616e6bULL /* "rank" */, static_cast<std::uint64_t>(dist->rank())));
     optimizer.zero_grad();
     const double lr = lr_schedule.at(step);
+    reducer.prepare();
+    double step_loss = 0;  // this rank's part of the global batch's mean loss
+    if (n > 0) {
+      const torch::Tensor x_t = scheduler.add_noise(x0, eps, t);
+      torch::Tensor predicted;
+      {
+        const AutocastGuard autocast(precision, device);
+        predicted = denoiser.forward(x_t, t, context, dropout_mask);
+      }
+      if (!predicted.sizes().equals(eps.sizes()))
+        throw Error(kWho, fmt::format("the denoiser returned [{}] for latents [{}]; an eps-prediction model must return "
+                                      "the latent shape",
+                                      fmt::join(predicted.sizes(), ","), fmt::join(eps.sizes(), ",")));
+      const torch::Tensor loss = torch::mse_loss(predicted.to(torch::kFloat32), eps);
+      // The reducer averages the ranks' gradients; weighting each rank's mean loss by its
+      // share of the batch makes that the gradient of the whole batch's mean loss.
+      const double share = static_cast<double>(n * dist->world_size()) / static_cast<double>(global);
+      torch::Tensor objective = share == 1.0 ? loss : loss * share;
+      // GradScaler: backward on the scaled loss; unscaled below, the step skipped on inf/NaN.
+      if (precision == "16") objective = objective * scaler.scale();
+      objective.backward();
+      step_loss = dist->active() ? loss.item<double>() * static_cast<double>(n) / static_cast<double>(global)
+                                 : loss.item<double>();
+    }
+    reducer.finish();
     if (precision == "16") {
-      // GradScaler: backward on the scaled loss, unscale, skip the step on inf/NaN.
-      (loss * scaler.scale()).backward();
       const bool finite = scaler.unscale(parameters);
       if (finite) {
         if (options.grad_clip > 0) torch::nn::utils::clip_grad_norm_(parameters, options.grad_clip);
@@ -446,18 +511,22 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
       }
       scaler.update(finite);
     } else {
-      loss.backward();
       if (options.grad_clip > 0) torch::nn::utils::clip_grad_norm_(parameters, options.grad_clip);
       optimizer.step(lr);
     }
     ema.step(denoiser.module());
     const std::int64_t done = step + 1;
     ++summary.steps;
-    window_loss += loss.item<double>();
+    window_loss += step_loss;
     ++window_steps;
-    window_images += n;
+    window_images += global;
 
     if (done % options.log_every == 0 || done == options.steps) {
+      if (dist->active()) {  // the ranks' parts of the window's losses
+        torch::Tensor sum = torch::tensor({window_loss}, torch::kFloat64);
+        dist->all_reduce_sum(sum, "the sum of the logged loss");
+        window_loss = sum.item<double>();
+      }
       const auto now = Clock::now();
       const double window_seconds = std::max(1e-9, std::chrono::duration<double>(now - window_start).count());
       const double elapsed = std::chrono::duration<double>(now - run_start).count();
@@ -466,20 +535,22 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
       const double images_per_s = static_cast<double>(window_images) / window_seconds;
       const double wait = std::min(1.0, (loader.wait_seconds() - window_wait_start) / window_seconds);
       const double eta = elapsed / static_cast<double>(summary.steps) * static_cast<double>(options.steps - done);
-      if (options.progress)
-        *options.progress << fmt::format("[{}] step {}/{} loss {:.5f} lr {:.3g} {:.2f} steps/s {:.1f} img/s "
+      if (progress)
+        *progress << fmt::format("[{}] step {}/{} loss {:.5f} lr {:.3g} {:.2f} steps/s {:.1f} img/s "
                                          "data-wait {:.1f}% ETA {}",
                                          kWho, done, options.steps, mean_loss, lr, steps_per_s, images_per_s, 100 * wait,
                                          format_duration(eta))
                           << std::endl;
-      csv_rows.push_back(fmt::format("{},{},{:.6f},{:.9g},{:.3f},{:.2f},{:.4f},{:.0f}", done, epoch + 1, mean_loss, lr,
-                                     steps_per_s, images_per_s, wait, eta));
-      write_file_atomic(csv_path, csv_header + fmt::format("{}\n", fmt::join(csv_rows, "\n")));
-      const double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-      events.add_scalar("train/loss", static_cast<float>(mean_loss), done, wall);
-      events.add_scalar("train/lr", static_cast<float>(lr), done, wall);
-      events.add_scalar("train/steps_per_s", static_cast<float>(steps_per_s), done, wall);
-      events.add_scalar("train/ema_decay", static_cast<float>(ema.decay(ema.optimization_step() - 1)), done, wall);
+      if (main_rank) {
+        csv_rows.push_back(fmt::format("{},{},{:.6f},{:.9g},{:.3f},{:.2f},{:.4f},{:.0f}", done, epoch + 1, mean_loss,
+                                       lr, steps_per_s, images_per_s, wait, eta));
+        write_file_atomic(csv_path, csv_header + fmt::format("{}\n", fmt::join(csv_rows, "\n")));
+        const double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        events->add_scalar("train/loss", static_cast<float>(mean_loss), done, wall);
+        events->add_scalar("train/lr", static_cast<float>(lr), done, wall);
+        events->add_scalar("train/steps_per_s", static_cast<float>(steps_per_s), done, wall);
+        events->add_scalar("train/ema_decay", static_cast<float>(ema.decay(ema.optimization_step() - 1)), done, wall);
+      }
       if (first_window) summary.first_loss = mean_loss;
       first_window = false;
       summary.last_loss = mean_loss;
@@ -488,19 +559,39 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
       window_loss = 0;
       window_steps = window_images = 0;
     }
-    if (options.sample_every > 0 && done % options.sample_every == 0 && done != options.steps) save_preview(done);
-    if (std::find(options.checkpoint_steps.begin(), options.checkpoint_steps.end(), done) !=
-            options.checkpoint_steps.end() ||
-        done == options.steps)
-      save_reference_checkpoint(denoiser, ema, optimizer, lr_schedule, scheduler, done, epoch, output_dir);
-    if (done % options.save_every == 0 || done == options.steps) save_resumable(done);
+    const bool previewing = options.sample_every > 0 && done % options.sample_every == 0 && done != options.steps;
+    const bool reference_checkpoint = std::find(options.checkpoint_steps.begin(), options.checkpoint_steps.end(),
+                                                done) != options.checkpoint_steps.end() ||
+                                      done == options.steps;
+    const bool resumable = done % options.save_every == 0 || done == options.steps;
+    if (main_rank) {
+      if (previewing) save_preview(done);
+      if (reference_checkpoint)
+        save_reference_checkpoint(denoiser, ema, optimizer, lr_schedule, scheduler, done, epoch, output_dir);
+      if (resumable) save_resumable(done);
+    }
+    // Previews and large checkpoints can outlast the collectives' timeout: the other ranks
+    // wait for rank 0 through the store instead.
+    if (previewing || reference_checkpoint || resumable)
+      dist->wait_for_all("train_generator/saved", fmt::format("rank 0 to save step {}", done));
   }
 
-  write_safetensors(cpu_copy(ema.averaged()), (fs::path(output_dir) / "denoiser.safetensors").string());
-  write_safetensors(cpu_state_dict(denoiser.module()), (fs::path(output_dir) / "denoiser_raw.safetensors").string());
-  save_preview(options.steps);
+  if (main_rank) {
+    write_safetensors(cpu_copy(ema.averaged()), (fs::path(output_dir) / "denoiser.safetensors").string());
+    write_safetensors(cpu_state_dict(denoiser.module()), (fs::path(output_dir) / "denoiser_raw.safetensors").string());
+    save_preview(options.steps);
+  }
+  // No rank returns before rank 0's files are complete (a caller may read them next).
+  dist->wait_for_all("train_generator/end", "rank 0 to write the trained weights and preview");
   const double seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
   summary.steps_per_second = seconds > 0 ? static_cast<double>(summary.steps) / seconds : 0;
+  summary.allreduce_wait_seconds = reducer.steps() > 0 ? reducer.wait_seconds() / reducer.steps() : 0;
+  if (progress && dist->active())
+    *progress << fmt::format("[{}] data-parallel over {} ranks: {:.2f} steps/s, {} gradient bucket(s), all-reduce "
+                             "wait after backward {:.1f} ms/step",
+                             kWho, dist->world_size(), summary.steps_per_second, reducer.bucket_count(),
+                             1000 * summary.allreduce_wait_seconds)
+              << std::endl;
   return summary;
 }
 

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <map>
 
+#include "admis/host/distributed.h"
 #include "admis/host/manifest.h"
 #include "admis/host/pickle.h"
 #include "admis/host/stages.h"
@@ -212,13 +213,16 @@ StageType train_generator_stage() {
         o.resume_from_reference = keys.get_path("resume_from_reference");
         o.seed = ctx.runtime.seed();
         o.progress = &std::cerr;
+        o.distributed = world(ctx.runtime.device());
         const auto summary = train_generator(*denoiser, *codec, *scheduler, *reader, augmenters.augmenters, contexts, sampler.get(),
                                              o, ctx.output_dir);
+        if (!o.distributed->is_main()) return;
         std::cerr << fmt::format("[{}] {} steps ({:.2f} steps/s), loss {:.5f} -> {:.5f}; EMA weights in {}",
                                  ctx.stage_name, summary.steps, summary.steps_per_second, summary.first_loss,
                                  summary.last_loss, (fs::path(ctx.output_dir) / "denoiser.safetensors").string())
                   << std::endl;
-      }};
+      },
+      /*all_ranks=*/true};
 }
 
 StageType sample_stage() {
@@ -265,20 +269,32 @@ StageType sample_stage() {
         o.output_size = keys.get_int("image_size");
         o.guidance_scale = keys.get_float("guidance_scale");
         o.seed = ctx.runtime.seed();
-        std::tie(o.shard_index, o.shard_count) = parse_shard(keys.get_string("shard"), ctx.stage_name);
-        o.preview_identities = keys.get_int("preview_identities");
+        const auto [job_index, job_count] = parse_shard(keys.get_string("shard"), ctx.stage_name);
+        // In a distributed run the ranks split this job's shard among themselves: rank r of W
+        // takes i mod (COUNT W) == INDEX + COUNT r, so together they cover i mod COUNT == INDEX.
+        const std::shared_ptr<Distributed> dist = world(ctx.runtime.device());
+        o.shard_index = job_index + job_count * dist->rank();
+        o.shard_count = job_count * dist->world_size();
+        const std::string shard = fmt::format("{}/{}", o.shard_index, o.shard_count);
+        o.preview_identities = dist->is_main() ? keys.get_int("preview_identities") : 0;  // one preview.png
         o.progress = &std::cerr;
         const std::string images_dir = (fs::path(ctx.output_dir) / "images").string();
-        if (ctx.force) fs::remove_all(images_dir);
+        if (ctx.force && dist->is_main()) fs::remove_all(images_dir);
+        // No rank writes identities before rank 0 has cleared the folder.
+        if (ctx.force) dist->wait_for_all(ctx.stage_name + "/cleared", "rank 0 to clear " + images_dir);
         const auto summary = sample_identities(*denoiser, *codec, *scheduler, *contexts, augmenters.augmenters, o, images_dir);
         std::cerr << fmt::format("[{}] shard {}: {} identities ({} sampled, {} already complete) in {:.1f} s -> {}",
-                                 ctx.stage_name, keys.get_string("shard"), summary.identities, summary.generated,
-                                 summary.skipped, summary.seconds, images_dir)
+                                 ctx.stage_name, shard, summary.identities, summary.generated, summary.skipped,
+                                 summary.seconds, images_dir)
                   << std::endl;
 
         const PluginSpec& writer_spec = keys.get_plugin("writer");
         if (writer_spec.name.empty()) return;
-        if (o.shard_count > 1) {
+        // The ranks' shares together are this job's shard: rank 0 writes it once all are in
+        // the (shared) images folder.
+        dist->wait_for_all(ctx.stage_name + "/sampled", "the other ranks' identities of " + ctx.stage_name);
+        if (!dist->is_main()) return;
+        if (job_count > 1) {
           std::cerr << fmt::format("[{}] shard {} holds part of the set: not writing it through {} (gather the "
                                    "shards' images folders, then convert them with `admis convert`)",
                                    ctx.stage_name, keys.get_string("shard"), writer_spec.name)
@@ -298,7 +314,8 @@ StageType sample_stage() {
         std::cerr << fmt::format("[{}] wrote {} images of {} identities through {} to {}", ctx.stage_name,
                                  reader->size(), reader->class_names().size(), writer_spec.name, destination)
                   << std::endl;
-      }};
+      },
+      /*all_ranks=*/true};
 }
 
 }  // namespace admis::host

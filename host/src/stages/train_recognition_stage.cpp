@@ -2,13 +2,44 @@
 // a manifest names and runs TFace-style training (train_recognition.h) into the stage folder.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 
+#include "admis/host/distributed.h"
+#include "admis/host/distributed_head.h"
 #include "admis/host/manifest.h"
 #include "admis/host/stages.h"
+#include "admis/host/text.h"
 #include "admis/host/train_recognition.h"
 
 namespace admis::host {
+
+namespace {
+
+// The class-sharded counterpart of the manifest's head plugin, with its margin parameters.
+std::shared_ptr<ShardedMarginHead> sharded_head_for(const PluginSpec& spec, const Head& head, const TrainOptions& o) {
+  const auto& choices = sharded_margin_choices();
+  if (std::find(choices.begin(), choices.end(), spec.name) == choices.end())
+    throw Error("shard_head", fmt::format("head/{} has no class-sharded form; shard_head works with head {} (or set "
+                                          "shard_head: false)",
+                                          spec.name, join(choices, ", ")));
+  if (o.label_smoothing != 0)
+    throw Error("shard_head", "label_smoothing is not available with the sharded head; set label_smoothing: 0 or "
+                              "shard_head: false");
+  auto param = [&](const char* name, const Value& fallback) {
+    const auto it = spec.params.find(name);
+    return it == spec.params.end() || it->second.empty() ? fallback : it->second;
+  };
+  ShardedHeadOptions h;
+  h.margin_type = spec.name;
+  h.scale = param("scale", h.scale).as<double>();
+  h.margin = param("margin", h.margin).as<double>();
+  if (spec.name == "arcface") h.easy_margin = param("easy_margin", h.easy_margin).as<bool>();
+  if (spec.name == "curricularface") h.alpha = param("alpha", h.alpha).as<double>();
+  return std::make_shared<ShardedMarginHead>(o.distributed, head.in_features(), head.out_features(), h);
+}
+
+}  // namespace
 
 StageType train_recognition_stage() {
   return StageType{
@@ -46,6 +77,11 @@ StageType train_recognition_stage() {
           ParamSpec::Bool("resume", true,
                           "continue from the newest checkpoint in the stage folder when there is one (false, or "
                           "--force: start over)"),
+          ParamSpec::Bool("shard_head", false,
+                          "split the head's classifier columns across the ranks of a distributed run (TFace's "
+                          "DIST_FC), for class counts too large for one device; arcface, cosface and "
+                          "curricularface; label_smoothing must be 0. Checkpoints keep the whole head, so any "
+                          "number of ranks resumes them. One process holds all columns (same result as false)"),
       },
       [](const Params& keys, StageContext& ctx) {
         const std::string where;  // the runner already names the manifest line and the stage
@@ -88,11 +124,22 @@ StageType train_recognition_stage() {
         o.seed = ctx.runtime.seed();
         o.resume = keys.get_bool("resume") && !ctx.force;
         o.progress = &std::cerr;
+        o.distributed = world(ctx.runtime.device());
+        if (keys.get_bool("shard_head")) {
+          o.sharded_head = sharded_head_for(keys.get_plugin("head"), head, o);
+          if (o.distributed->is_main())
+            std::cerr << fmt::format("[{}] class-sharded head/{}: {} classes over {} rank(s), rank 0 holding {}", ctx.stage_name,
+                                     keys.get_plugin("head").name, classes, o.distributed->world_size(),
+                                     o.sharded_head->class_end() - o.sharded_head->class_begin())
+                      << std::endl;
+        }
         const TrainSummary s = train_recognition(backbone, head, reader, augmenters.augmenters, o, ctx.output_dir);
+        if (!o.distributed->is_main()) return;
         std::cerr << fmt::format("  {} steps, {:.1f} img/s, data-wait {:.1f}%, last top1 {:.1f}% -> {}", s.steps,
                                  s.images_per_second, 100 * s.data_wait_fraction, 100 * s.last_top1, ctx.output_dir)
                   << std::endl;
-      }};
+      },
+      /*all_ranks=*/true};
 }
 
 }  // namespace admis::host

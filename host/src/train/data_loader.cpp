@@ -99,6 +99,8 @@ torch::Tensor load_sample(const DatasetReader& reader, std::int64_t index, const
 DataLoader::DataLoader(const DatasetReader& reader, std::vector<Augmenter*> augmenters, LoaderOptions options)
     : reader_(reader), augmenters_(std::move(augmenters)), options_(options), size_(reader.size()) {
   if (options_.batch_size < 1) throw Error("data loader", "batch_size must be at least 1");
+  if (options_.world_size < 1 || options_.rank < 0 || options_.rank >= options_.world_size)
+    throw Error("data loader", fmt::format("rank {} is not in a world of {}", options_.rank, options_.world_size));
   if (options_.prefetch_batches < 1) options_.prefetch_batches = 1;
   for (Augmenter* a : augmenters_)
     if (a->scope() != AugmenterScope::Image)
@@ -112,11 +114,20 @@ std::int64_t DataLoader::batches_per_epoch() const {
   return options_.drop_last ? size_ / options_.batch_size : (size_ + options_.batch_size - 1) / options_.batch_size;
 }
 
+std::pair<std::int64_t, std::int64_t> rank_share(std::int64_t count, int rank, int world_size) {
+  const std::int64_t base = count / world_size, extra = count % world_size;
+  const std::int64_t begin = rank * base + std::min<std::int64_t>(rank, extra);
+  return {begin, begin + base + (rank < extra ? 1 : 0)};
+}
+
 Batch DataLoader::build(std::int64_t batch_index) const {
-  const std::int64_t begin = batch_index * options_.batch_size;
-  const std::int64_t end = std::min<std::int64_t>(begin + options_.batch_size, size_);
+  const std::int64_t global_begin = batch_index * options_.batch_size;
+  const std::int64_t global_end = std::min<std::int64_t>(global_begin + options_.batch_size, size_);
+  const auto share = rank_share(global_end - global_begin, options_.rank, options_.world_size);
+  const std::int64_t begin = global_begin + share.first, end = global_begin + share.second;
   Batch batch;
   batch.index = batch_index;
+  batch.global_size = global_end - global_begin;
   batch.images = torch::empty({end - begin, 3, options_.image_size, options_.image_size});
   batch.labels = torch::empty({end - begin}, torch::kInt64);
   batch.indices = torch::empty({end - begin}, torch::kInt64);

@@ -12,6 +12,9 @@
 #include <ostream>
 #include <sstream>
 
+#include "admis/host/distributed.h"
+#include "admis/host/distributed_head.h"
+#include "admis/host/distributed_reducer.h"
 #include "admis/host/event_writer.h"
 #include "admis/host/manifest.h"
 #include "admis/host/weights.h"
@@ -173,16 +176,15 @@ std::map<std::string, std::string> run_identity(const TrainOptions& o, std::int6
 
 // Writes the three files into a temporary folder and renames it into place, so a
 // checkpoint folder is either complete or absent.
-void save_checkpoint(const std::string& output_dir, const CheckpointMeta& meta, Backbone& backbone, Head& head,
-                     const SgdMomentum& optimizer, std::map<std::string, std::string> identity) {
+void save_checkpoint(const std::string& output_dir, const CheckpointMeta& meta, Backbone& backbone,
+                     const StateDict& head_state, StateDict state, std::map<std::string, std::string> identity) {
   const fs::path dir = fs::path(output_dir) / "checkpoints";
   const fs::path final_dir = dir / fmt::format("epoch-{}", meta.epoch);
   const fs::path tmp = dir / fmt::format(".epoch-{}.tmp-{}", meta.epoch, ::getpid());
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   write_safetensors(cpu_state_dict(backbone.module()), (tmp / "backbone.safetensors").string());
-  write_safetensors(cpu_state_dict(head.module()), (tmp / "head.safetensors").string());
-  StateDict state = optimizer.state();
+  write_safetensors(head_state, (tmp / "head.safetensors").string());
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -195,8 +197,9 @@ void save_checkpoint(const std::string& output_dir, const CheckpointMeta& meta, 
   fs::rename(tmp, final_dir);
 }
 
-CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, Head& head, SgdMomentum& optimizer,
-                               const std::map<std::string, std::string>& identity) {
+// With a sharded head, each rank takes its columns of the saved head and of its momentum.
+CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, Head& head, ShardedMarginHead* sharded,
+                               SgdMomentum& optimizer, const std::map<std::string, std::string>& identity) {
   const std::string state_path = (fs::path(folder) / "training_state.safetensors").string();
   std::map<std::string, std::string> meta;
   StateDict state = read_safetensors(state_path, &meta);
@@ -212,7 +215,13 @@ CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, He
   const std::string bb = (fs::path(folder) / "backbone.safetensors").string();
   const std::string hd = (fs::path(folder) / "head.safetensors").string();
   load_state_dict(backbone.module(), read_safetensors(bb), strict, bb);
-  load_state_dict(head.module(), read_safetensors(hd), strict, hd);
+  if (sharded) {
+    sharded->load_full_state(read_safetensors(hd), hd);
+    auto momentum = state.find("momentum_buffer.head.kernel");
+    if (momentum != state.end()) momentum->second = sharded->own_columns(momentum->second);
+  } else {
+    load_state_dict(head.module(), read_safetensors(hd), strict, hd);
+  }
   auto rng = state.find("rng_state");
   if (rng == state.end()) throw Error(state_path, "no rng_state");
   {
@@ -268,8 +277,30 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   if (!std::is_sorted(options.stages.begin(), options.stages.end()))
     throw Error(kWho, fmt::format("stages must be in increasing order, got [{}]", fmt::join(options.stages, ", ")));
 
+  torch::Device device(torch::kCPU);
+  for (const auto& p : backbone.module().parameters()) {
+    device = p.device();
+    break;
+  }
+  const std::shared_ptr<Distributed> dist = options.distributed ? options.distributed : world(device);
+  const bool main_rank = dist->is_main();
+  std::ostream* const progress = main_rank ? options.progress : nullptr;
+  ShardedMarginHead* const sharded = options.sharded_head.get();
+  if (sharded) {
+    if (sharded->classes() != classes || sharded->in_features() != backbone.embedding_size())
+      throw Error(kWho, fmt::format("the sharded head is for {} classes of {}-dimensional embeddings; the dataset has {} "
+                                    "classes and the backbone gives {}",
+                                    sharded->classes(), sharded->in_features(), classes, backbone.embedding_size()));
+    if (options.label_smoothing != 0)
+      throw Error(kWho, "label_smoothing is not available with the sharded head; set it to 0");
+  }
+  // The classifier whose parameters are trained here: this rank's columns when sharded.
+  torch::nn::Module& head_module = sharded ? sharded->module() : head.module();
+
   fs::create_directories(output_dir);
   LoaderOptions lo;
+  lo.rank = dist->rank();
+  lo.world_size = dist->world_size();
   lo.batch_size = options.batch_size;
   lo.workers = options.workers;
   lo.prefetch_batches = options.prefetch_batches;
@@ -281,44 +312,75 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   const LrSchedule schedule{options.lr, options.stages, options.gamma,
                             options.warmup_steps + options.warmup_epochs * steps_per_epoch};
 
-  SgdMomentum optimizer(tface_param_groups(backbone.module(), head.module(), options.weight_decay, options.decay_split),
+  SgdMomentum optimizer(tface_param_groups(backbone.module(), head_module, options.weight_decay, options.decay_split),
                         options.momentum);
   const auto identity = run_identity(options, dataset_size, classes);
 
+  // Rank 0 decides where to resume from, so that all ranks continue the same checkpoint
+  // even if another rank sees the shared folder differently.
   CheckpointMeta at;
-  const std::string resume_from = options.resume ? latest_checkpoint(output_dir, "epoch-") : "";
+  std::int64_t resume_epoch = -1;
+  if (options.resume && main_rank) latest_checkpoint(output_dir, "epoch-", &resume_epoch);
+  if (dist->active()) {
+    torch::Tensor chosen = torch::tensor({resume_epoch});
+    dist->broadcast(chosen, 0, "the checkpoint to resume from");
+    resume_epoch = chosen.item<std::int64_t>();
+  }
+  const std::string resume_from =
+      resume_epoch < 0 ? "" : (fs::path(output_dir) / "checkpoints" / fmt::format("epoch-{}", resume_epoch)).string();
   if (!resume_from.empty()) {
-    at = load_checkpoint(resume_from, backbone, head, optimizer, identity);
-    if (options.progress)
-      *options.progress << fmt::format("[{}] resuming from {} (epoch {}, step {})", kWho, resume_from, at.epoch,
+    at = load_checkpoint(resume_from, backbone, head, sharded, optimizer, identity);
+    if (progress)
+      *progress << fmt::format("[{}] resuming from {} (epoch {}, step {})", kWho, resume_from, at.epoch,
                                        at.global_step)
                         << std::endl;
   } else {
-    fs::remove_all(fs::path(output_dir) / "checkpoints");
+    if (main_rank) fs::remove_all(fs::path(output_dir) / "checkpoints");
     // Dropout and any other draw from the global generator start from the run's seed.
     torch::manual_seed(mix_seed(options.seed, 0x747261696eULL /* "train" */));
   }
 
   const std::string csv_path = (fs::path(output_dir) / "metrics.csv").string();
-  std::vector<std::string> csv_rows = resume_from.empty() ? std::vector<std::string>{}
-                                                          : earlier_metric_rows(csv_path, at.global_step);
+  std::vector<std::string> csv_rows = resume_from.empty() || !main_rank ? std::vector<std::string>{}
+                                                                        : earlier_metric_rows(csv_path, at.global_step);
   const std::string csv_header = "epoch,step,global_step,loss,top1,lr,images_per_s,data_wait,eta_s\n";
-  EventWriter events(output_dir);
+  std::unique_ptr<EventWriter> events = main_rank ? std::make_unique<EventWriter>(output_dir) : nullptr;
 
-  torch::Device device(torch::kCPU);
-  for (const auto& p : backbone.module().parameters()) {
-    device = p.device();
-    break;
-  }
   backbone.module().train();
   head.module().train();
   torch::nn::functional::CrossEntropyFuncOptions ce;
   ce.label_smoothing(options.label_smoothing);
 
+  // Every rank starts from rank 0's weights (and, on resume, its checkpoint); gradients are
+  // averaged in buckets, the backbone's last layers first. A sharded head's columns are
+  // each rank's own: not averaged, and its loss is already the mean over all ranks'
+  // samples, so the backbone's gradients are summed.
+  broadcast_module(*dist, backbone.module(), "backbone");
+  if (!sharded) {
+    broadcast_module(*dist, head.module(), "head");
+  } else if (resume_from.empty()) {
+    broadcast_module(*dist, head.module(), "head");
+    sharded->load_full_state(cpu_state_dict(head.module()), "the initial head");
+  }
+  head_module.train();
+  std::vector<torch::Tensor> model_params = backbone.module().parameters();
+  if (!sharded)
+    for (const auto& p : head.module().parameters()) model_params.push_back(p);
+  GradientReducer reducer(dist, model_params, options.bucket_bytes, /*average=*/!sharded);
+  // The head and optimizer states in the single-process layout (collective when sharded).
+  auto head_state = [&] { return sharded ? sharded->full_state() : cpu_state_dict(head.module()); };
+  auto optimizer_state = [&] {
+    StateDict state = optimizer.state();
+    auto momentum = state.find("momentum_buffer.head.kernel");
+    if (sharded && momentum != state.end()) momentum->second = sharded->gather_columns(momentum->second);
+    return state;
+  };
+
   TrainSummary summary;
   summary.start_epoch = at.epoch;
   summary.epochs = options.epochs;
-  summary.events_file = events.path();
+  summary.events_file = events ? events->path() : "";
+  summary.world_size = dist->world_size();
   using Clock = std::chrono::steady_clock;
   const auto run_start = Clock::now();
   auto window_start = run_start;
@@ -334,24 +396,57 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
       const double lr = schedule.at(epoch, global_step);
       const torch::Tensor images = batch.images.to(device);
       const torch::Tensor labels = batch.labels.to(device);
-      const torch::Tensor embeddings = backbone.forward(images);
-      const HeadOutput out = head.forward(embeddings, labels);
-      const torch::Tensor loss = torch::nn::functional::cross_entropy(out.logits, labels, ce);
       optimizer.zero_grad();
-      loss.backward();
+      reducer.prepare();
+      if (sharded) {
+        // Every rank takes part in the head's collectives, also with an empty share (whose
+        // embeddings still need a gradient, so that this rank joins the backward gather).
+        const torch::Tensor embeddings =
+            labels.size(0) > 0 ? backbone.forward(images)
+                               : torch::zeros({0, backbone.embedding_size()}, torch::TensorOptions().device(device))
+                                     .requires_grad_(true);
+        const ShardedMarginHead::Output out = sharded->forward(embeddings, labels);
+        out.loss.backward();
+        // The loss and accuracy are already over the global batch: counted once, on rank 0.
+        if (main_rank) {
+          window_loss += out.loss.item<double>() * static_cast<double>(out.rows);
+          window_correct += static_cast<double>(out.correct);
+          window_images += static_cast<double>(out.rows);
+        }
+        images_total += labels.size(0);
+      } else if (labels.size(0) > 0) {
+        // A rank whose share of a short last batch is empty only takes part in the averaging.
+        const torch::Tensor embeddings = backbone.forward(images);
+        const HeadOutput out = head.forward(embeddings, labels);
+        const torch::Tensor loss = torch::nn::functional::cross_entropy(out.logits, labels, ce);
+        // The reducer takes the mean over ranks of the ranks' gradients; weighting each by
+        // its share of the batch makes that the gradient of the mean over the whole batch,
+        // also when the shares differ by one.
+        const double share = static_cast<double>(labels.size(0) * dist->world_size()) /
+                             static_cast<double>(batch.global_size);
+        (share == 1.0 ? loss : loss * share).backward();
+
+        // TFace's top-1 is measured on the logits without margin.
+        const auto n = static_cast<double>(labels.size(0));
+        window_loss += loss.item<double>() * n;
+        window_correct += out.original_logits.detach().argmax(1).eq(labels).sum().item<double>();
+        window_images += n;
+        images_total += labels.size(0);
+      }
+      reducer.finish();
       optimizer.step(lr);
       ++global_step;
       ++summary.steps;
 
-      // TFace's top-1 is measured on the logits without margin.
-      const auto n = static_cast<double>(labels.size(0));
-      window_loss += loss.item<double>() * n;
-      window_correct += out.original_logits.detach().argmax(1).eq(labels).sum().item<double>();
-      window_images += n;
-      images_total += labels.size(0);
-
       const bool epoch_end = batch.index + 1 == steps_per_epoch;
       if (global_step % options.log_every != 0 && !epoch_end) continue;
+      if (dist->active()) {  // the window's figures over all ranks
+        torch::Tensor sums = torch::tensor({window_loss, window_correct, window_images}, torch::kFloat64);
+        dist->all_reduce_sum(sums, "the sum of the logged loss and accuracy");
+        window_loss = sums[0].item<double>();
+        window_correct = sums[1].item<double>();
+        window_images = sums[2].item<double>();
+      }
       const auto now = Clock::now();
       const double window_seconds = std::max(1e-9, std::chrono::duration<double>(now - window_start).count());
       const double elapsed = std::chrono::duration<double>(now - run_start).count();
@@ -360,21 +455,23 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
       const double wait = std::min(1.0, (loader.wait_seconds() - window_wait_start) / window_seconds);
       const double eta = elapsed / static_cast<double>(summary.steps) * static_cast<double>(total_steps - global_step);
       const std::int64_t step_in_epoch = batch.index + 1;
-      if (options.progress)
-        *options.progress << fmt::format("[{}] epoch {}/{} step {}/{} loss {:.4f} top1 {:.1f}% lr {:.6g} {:.1f} img/s "
+      if (progress)
+        *progress << fmt::format("[{}] epoch {}/{} step {}/{} loss {:.4f} top1 {:.1f}% lr {:.6g} {:.1f} img/s "
                                          "data-wait {:.1f}% ETA {}",
                                          kWho, epoch + 1, options.epochs, step_in_epoch, steps_per_epoch, mean_loss,
                                          100 * top1, lr, images_per_s, 100 * wait, format_duration(eta))
                           << std::endl;
-      csv_rows.push_back(fmt::format("{},{},{},{:.6f},{:.6f},{:.9g},{:.2f},{:.4f},{:.0f}", epoch + 1, step_in_epoch,
-                                     global_step, mean_loss, top1, lr, images_per_s, wait, eta));
-      write_file_atomic(csv_path, csv_header + fmt::format("{}\n", fmt::join(csv_rows, "\n")));
-      const double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-      events.add_scalar("train/loss", static_cast<float>(mean_loss), global_step, wall);
-      events.add_scalar("train/top1", static_cast<float>(top1), global_step, wall);
-      events.add_scalar("train/lr", static_cast<float>(lr), global_step, wall);
-      events.add_scalar("train/images_per_s", static_cast<float>(images_per_s), global_step, wall);
-      events.add_scalar("train/data_wait", static_cast<float>(wait), global_step, wall);
+      if (main_rank) {
+        csv_rows.push_back(fmt::format("{},{},{},{:.6f},{:.6f},{:.9g},{:.2f},{:.4f},{:.0f}", epoch + 1, step_in_epoch,
+                                       global_step, mean_loss, top1, lr, images_per_s, wait, eta));
+        write_file_atomic(csv_path, csv_header + fmt::format("{}\n", fmt::join(csv_rows, "\n")));
+        const double wall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        events->add_scalar("train/loss", static_cast<float>(mean_loss), global_step, wall);
+        events->add_scalar("train/top1", static_cast<float>(top1), global_step, wall);
+        events->add_scalar("train/lr", static_cast<float>(lr), global_step, wall);
+        events->add_scalar("train/images_per_s", static_cast<float>(images_per_s), global_step, wall);
+        events->add_scalar("train/data_wait", static_cast<float>(wait), global_step, wall);
+      }
       summary.last_loss = mean_loss;
       summary.last_top1 = top1;
       window_start = now;
@@ -382,15 +479,34 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
       window_loss = window_correct = window_images = 0;
     }
     const std::int64_t finished = epoch + 1;
-    if (finished % options.save_every == 0 || finished == options.epochs)
-      save_checkpoint(output_dir, {finished, global_step}, backbone, head, optimizer, identity);
+    if ((finished % options.save_every == 0 || finished == options.epochs) && (main_rank || sharded)) {
+      const StateDict head_now = head_state(), optimizer_now = optimizer_state();
+      if (main_rank)
+        save_checkpoint(output_dir, {finished, global_step}, backbone, head_now, optimizer_now, identity);
+    }
   }
 
-  write_safetensors(cpu_state_dict(backbone.module()), (fs::path(output_dir) / "backbone.safetensors").string());
-  write_safetensors(cpu_state_dict(head.module()), (fs::path(output_dir) / "head.safetensors").string());
+  const StateDict final_head = main_rank || sharded ? head_state() : StateDict{};
+  // The caller's head ends with the trained weights, as without sharding.
+  if (sharded) load_state_dict(head.module(), final_head, LoadOptions{}, "the sharded head");
+  if (main_rank) {
+    write_safetensors(cpu_state_dict(backbone.module()), (fs::path(output_dir) / "backbone.safetensors").string());
+    write_safetensors(final_head, (fs::path(output_dir) / "head.safetensors").string());
+  }
+  // No rank returns before rank 0's files are complete (a caller may read them next).
+  torch::Tensor images_all = torch::tensor({static_cast<double>(images_total)}, torch::kFloat64);
+  dist->all_reduce_sum(images_all, "the end-of-training sum of images");
+  images_total = static_cast<std::int64_t>(images_all.item<double>());
+  summary.allreduce_wait_seconds = reducer.steps() > 0 ? reducer.wait_seconds() / reducer.steps() : 0;
   const double seconds = std::chrono::duration<double>(Clock::now() - run_start).count();
   summary.images_per_second = seconds > 0 ? static_cast<double>(images_total) / seconds : 0;
   summary.data_wait_fraction = seconds > 0 ? std::min(1.0, loader.wait_seconds() / seconds) : 0;
+  if (progress && dist->active())
+    *progress << fmt::format("[{}] data-parallel over {} ranks: {:.1f} img/s in all, {} gradient bucket(s), "
+                             "all-reduce wait after backward {:.1f} ms/step",
+                             kWho, dist->world_size(), summary.images_per_second, reducer.bucket_count(),
+                             1000 * summary.allreduce_wait_seconds)
+              << std::endl;
   return summary;
 }
 

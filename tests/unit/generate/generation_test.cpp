@@ -182,7 +182,11 @@ TEST(SampleReverse, GuidanceCombinesConditionalAndUnconditionalEps) {
   }
   model.module().train();
   const torch::Tensor guided = sample_reverse(model, *ddim, x_T, context, 2.0, gen);
-  EXPECT_TRUE(test::all_close(guided, x, 1e-5));
+  // One batched forward of [cond; uncond] against two separate ones: float32 rounding differs
+  // with the batch's kernel choice and threading, and four DDIM steps carry it along, so the
+  // tolerance is relative (1e-5 of the samples' scale).
+  const double scale = std::max(1.0, x.abs().max().item<double>());
+  EXPECT_TRUE(test::all_close(guided, x, 1e-5 * scale)) << "sample scale " << scale;
   EXPECT_FALSE(test::all_close(guided, plain, 1e-3));
 }
 

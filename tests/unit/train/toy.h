@@ -42,9 +42,11 @@ struct TinyNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(TinyNet);
 
-class TinyBackbone : public Backbone {
+// A small test network (a TORCH_MODULE holder taking the embedding size) as a 112 px backbone.
+template <typename Net>
+class NetBackbone : public Backbone {
  public:
-  explicit TinyBackbone(std::int64_t embedding = 32) : embedding_(embedding), net_(embedding) {}
+  explicit NetBackbone(std::int64_t embedding = 32) : embedding_(embedding), net_(embedding) {}
   torch::nn::Module& module() override { return *net_; }
   std::int64_t embedding_size() const override { return embedding_; }
   std::int64_t input_size() const override { return 112; }
@@ -52,8 +54,9 @@ class TinyBackbone : public Backbone {
 
  private:
   std::int64_t embedding_;
-  TinyNet net_;
+  Net net_;
 };
+using TinyBackbone = NetBackbone<TinyNet>;
 
 // `classes` identities of `per_class` images each. Class c: stripes (horizontal for even
 // c, vertical for odd) with period 8 + 4 (c / 2) pixels in a colour that depends on c,

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "admis/sdk/kinds.h"
@@ -29,6 +30,11 @@ struct LoaderOptions {
   std::int64_t image_size = 112;  // H == W the backbone expects
   bool drop_last = false;         // TFace keeps the last short batch
   bool resize = false;            // resize decoded images to image_size first (else a size mismatch is an error)
+  // Data parallelism: batch_size is the global batch; rank `rank` of `world_size` builds
+  // only its contiguous share of each (sizes differ by at most one), so the ranks' batches
+  // together are exactly the single-process batch for the same seed.
+  int rank = 0;
+  int world_size = 1;
 };
 
 struct Batch {
@@ -36,7 +42,11 @@ struct Batch {
   torch::Tensor labels;  // [B] int64
   torch::Tensor indices;  // [B] int64, the samples' dataset indices
   std::int64_t index = 0;  // batch number within the epoch
+  std::int64_t global_size = 0;  // samples in this batch over all ranks (== images.size(0) for one rank)
 };
+
+// The [begin, end) share of `count` items that rank `rank` of `world_size` takes.
+std::pair<std::int64_t, std::int64_t> rank_share(std::int64_t count, int rank, int world_size);
 
 // A 64-bit mix of several words (splitmix64 finaliser), used for every derived seed.
 std::uint64_t mix_seed(std::uint64_t a, std::uint64_t b, std::uint64_t c = 0);

@@ -41,6 +41,10 @@ struct StageType {
   std::string summary;
   std::vector<ParamSpec> keys;
   std::function<void(const Params& keys, StageContext& context)> run;
+  // In a job of several processes (admis launch, torchrun, srun), a stage that splits its
+  // work by rank itself runs on every rank; any other stage runs on rank 0 alone while the
+  // other ranks wait for it (see run_manifest).
+  bool all_ranks = false;
 };
 
 const std::vector<StageType>& stage_types();
@@ -92,6 +96,11 @@ std::string resolved_manifest_yaml(const Manifest& manifest);
 // input files (its fingerprint, kept in <stage folder>/.admis-stage-done) is kept, unless
 // `force`; once one stage runs, all later ones run too. With `only` non-empty, just the
 // stages named there run (the others are left as they are).
+// In a job of several processes (world() from the environment) rank 0 decides which stages
+// run and is the only one to write the stage records and print the stage lines; a stage
+// with all_ranks runs on every rank, any other on rank 0 while the rest wait (without a
+// time limit: a stage may take hours), and every rank starts the next stage together. A
+// stage that fails on any rank stops all of them with an error.
 void run_manifest(const Manifest& manifest, Runtime& runtime, bool force, const std::vector<std::string>& only = {});
 // Throws unless every name in `only` is a stage of the manifest.
 void check_stage_names(const Manifest& manifest, const std::vector<std::string>& only);

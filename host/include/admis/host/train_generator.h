@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,8 @@
 #include "admis/sdk/kinds.h"
 
 namespace admis::host {
+
+class Distributed;  // distributed.h
 
 struct GeneratorTrainOptions {
   std::int64_t steps = 900000;
@@ -46,6 +49,11 @@ struct GeneratorTrainOptions {
   std::string resume_from_reference;
   std::int64_t log_every = 50;
   std::ostream* progress = nullptr;
+  // Data parallelism, as in recognition training: the process group (null: world(), from
+  // the environment); batch_size stays the global batch, each rank taking a contiguous
+  // share; only rank 0 writes files, previews and progress.
+  std::shared_ptr<Distributed> distributed;
+  std::int64_t bucket_bytes = 25 * 1024 * 1024;  // gradient all-reduce bucket size
 };
 
 struct GeneratorTrainSummary {
@@ -55,12 +63,18 @@ struct GeneratorTrainSummary {
   double last_loss = 0;            // mean over the last logging window
   double steps_per_second = 0;
   std::string events_file;
+  int world_size = 1;
+  double allreduce_wait_seconds = 0;  // per step: gradient communication backward did not hide
 };
 
 // Trains `denoiser` on the open `reader` (images through the image `augmenters`, e.g.
 // flip, then scaled to [-1,1] and encoded by `codec`). `contexts` holds one row per reader sample (row i
 // for sample i), or is undefined for an unconditional model. `preview` (may be null) samples
-// the preview grids with the EMA weights. Writes to `output_dir`:
+// the preview grids with the EMA weights. With several ranks every rank calls this with the
+// same options: rank 0's initial weights are broadcast, each rank encodes its share of every
+// batch, the step's timesteps, noise and context dropout are drawn for the whole batch and
+// sliced, gradients are averaged (GradientReducer), so every rank keeps the same weights and
+// EMA; a checkpoint resumes at any world size. Writes to `output_dir` (rank 0 only):
 //   checkpoints/step-<N>/{model,ema,optimizer}.safetensors   resumable state (folder renamed into place)
 //   checkpoints/ema_averaged_model_<N>.ckpt, model_<N>.ckpt, optimization.ckpt
 //                                   the reference's layout, at checkpoint_steps and at the end

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@
 #include "admis/sdk/kinds.h"
 
 namespace admis::host {
+
+class Distributed;        // distributed.h
+class ShardedMarginHead;  // distributed_head.h
 
 // Which parameters are exempt from weight decay.
 //   "batchnorm-modules": every parameter of a BatchNorm module (TFace's
@@ -88,6 +92,17 @@ struct TrainOptions {
   bool resume = true;            // continue from the newest checkpoint in the output folder
   std::int64_t log_every = 20;   // steps between progress lines / metric rows
   std::ostream* progress = nullptr;  // progress lines; null: silent
+  // Data parallelism: the process group this rank trains in; null takes world() (from the
+  // environment admis launch, torchrun or Slurm set; one process when none is set).
+  // batch_size stays the global batch, split across the ranks; only rank 0 writes files
+  // and progress.
+  std::shared_ptr<Distributed> distributed;
+  std::int64_t bucket_bytes = 25 * 1024 * 1024;  // gradient all-reduce bucket size
+  // Class-sharded classification (TFace's DIST_FC): when set, this head (made on every rank
+  // with `distributed`, and the margin of `head`) classifies instead of `head`. `head` then
+  // only gives the initial weights (rank 0's) and receives the final ones; checkpoints and
+  // head.safetensors keep the single-process layout, so any world size resumes them.
+  std::shared_ptr<ShardedMarginHead> sharded_head;
 };
 
 struct TrainSummary {
@@ -99,9 +114,14 @@ struct TrainSummary {
   double images_per_second = 0;  // over this call
   double data_wait_fraction = 0; // share of this call's wall time spent waiting for batches
   std::string events_file;
+  int world_size = 1;
+  double allreduce_wait_seconds = 0;  // per step: gradient communication backward did not hide
 };
 
-// Trains `backbone` + `head` on the open `reader`. Writes to `output_dir`:
+// Trains `backbone` + `head` on the open `reader`. With several ranks every rank calls this
+// with the same options; rank 0's initial weights are broadcast, each rank takes its share
+// of every batch, and gradients are averaged (GradientReducer); batch norm statistics stay
+// per rank as in TFace. Writes to `output_dir` (rank 0 only):
 //   checkpoints/epoch-<N>/{backbone,head,training_state}.safetensors (atomically, as a folder)
 //   backbone.safetensors, head.safetensors   the final weights, the modules' own key names
 //   metrics.csv, events.out.tfevents.*        the logged scalars
