@@ -399,6 +399,13 @@ std::shared_ptr<Distributed> world(const torch::Device& device) {
   return instance;
 }
 
+std::int64_t rank0_value(Distributed& dist, std::int64_t value, const std::string& what) {
+  if (!dist.active()) return value;
+  torch::Tensor chosen = torch::tensor({value});
+  dist.broadcast(chosen, 0, what);
+  return chosen.item<std::int64_t>();
+}
+
 void broadcast_module(Distributed& dist, torch::nn::Module& module, const std::string& what) {
   if (!dist.active()) return;
   torch::NoGradGuard no_grad;

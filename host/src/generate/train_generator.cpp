@@ -302,11 +302,7 @@ GeneratorTrainSummary train_generator(Denoiser& denoiser, Codec& codec, const Sc
   // Rank 0 picks the checkpoint, so all ranks continue the same one.
   std::int64_t start_step = -1;
   if (options.resume && main_rank) latest_checkpoint(output_dir, "step-", &start_step);
-  if (dist->active()) {
-    torch::Tensor chosen = torch::tensor({start_step});
-    dist->broadcast(chosen, 0, "the checkpoint to resume from");
-    start_step = chosen.item<std::int64_t>();
-  }
+  start_step = rank0_value(*dist, start_step, "the checkpoint to resume from");
   std::string resume_from =
       start_step < 0 ? "" : (fs::path(output_dir) / "checkpoints" / fmt::format("step-{}", start_step)).string();
   StateDict reference_ema;

@@ -321,11 +321,7 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   CheckpointMeta at;
   std::int64_t resume_epoch = -1;
   if (options.resume && main_rank) latest_checkpoint(output_dir, "epoch-", &resume_epoch);
-  if (dist->active()) {
-    torch::Tensor chosen = torch::tensor({resume_epoch});
-    dist->broadcast(chosen, 0, "the checkpoint to resume from");
-    resume_epoch = chosen.item<std::int64_t>();
-  }
+  resume_epoch = rank0_value(*dist, resume_epoch, "the checkpoint to resume from");
   const std::string resume_from =
       resume_epoch < 0 ? "" : (fs::path(output_dir) / "checkpoints" / fmt::format("epoch-{}", resume_epoch)).string();
   if (!resume_from.empty()) {

@@ -128,4 +128,8 @@ std::shared_ptr<Distributed> world(const torch::Device& device = torch::kCPU);
 // Rank 0's values of every parameter and buffer of `module`, on all ranks.
 void broadcast_module(Distributed& dist, torch::nn::Module& module, const std::string& what);
 
+// Rank 0's `value` on all ranks (a decision only rank 0 makes, e.g. which checkpoint to
+// resume from); `value` itself in a single process.
+std::int64_t rank0_value(Distributed& dist, std::int64_t value, const std::string& what);
+
 }  // namespace admis::host
