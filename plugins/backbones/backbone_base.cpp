@@ -27,8 +27,12 @@ torch::Tensor BackboneBase::forward(const torch::Tensor& images) {
   if (!images.is_floating_point())
     throw Error(name_,
                 std::string("images must be floating point in [-1, 1], got ") + c10::toString(images.scalar_type()));
-  if (images.size(0) == 0) throw Error(name_, "images hold no rows (the batch is empty)");
-  if (module_->is_training() && images.size(0) < 2)
+  // With synchronised batch norm the statistics are over all ranks' rows, so one rank may
+  // hold one row, or none (its share of a short last batch), and still take part.
+  const bool small = images.size(0) == 0 || (module_->is_training() && images.size(0) < 2);
+  const bool synchronised = small && module_->is_training() && has_synchronised_batch_norm(*module_);
+  if (images.size(0) == 0 && !synchronised) throw Error(name_, "images hold no rows (the batch is empty)");
+  if (module_->is_training() && images.size(0) < 2 && !synchronised)
     throw Error(name_,
                 "a batch of 1 image cannot pass in train mode: BatchNorm needs at least 2 images to "
                 "estimate batch statistics (switch to eval mode for single images)");
@@ -65,7 +69,7 @@ void initialize_tface_weights(torch::nn::Module& module) {
     if (auto* conv = m->as<torch::nn::Conv2d>()) {
       torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
       if (conv->bias.defined()) conv->bias.zero_();
-    } else if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+    } else if (auto* bn = m->as<admis::BatchNorm2d>()) {
       if (bn->weight.defined()) bn->weight.fill_(1.0);
       if (bn->bias.defined()) bn->bias.zero_();
     } else if (auto* linear = m->as<torch::nn::Linear>()) {

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "admis/sdk.h"
+#include "admis/sdk/batch_norm.h"
 
 namespace admis::backbones {
 
@@ -24,7 +25,8 @@ class BackboneBase : public Backbone {
   torch::nn::Module& module() override { return *module_; }
 
   // Checks that `images` is a floating-point [N, 3, input_size, input_size] batch (N >= 1,
-  // N >= 2 in train mode where BatchNorm needs batch statistics), moves it to the module's
+  // N >= 2 in train mode where BatchNorm needs batch statistics; any N, 0 included, when
+  // batch norm is synchronised across ranks), moves it to the module's
   // device and dtype, and embeds it.
   torch::Tensor forward(const torch::Tensor& images) final;
 

@@ -13,7 +13,7 @@ namespace admis::backbones {
 
 namespace {
 
-torch::nn::BatchNorm2d batch_norm(std::int64_t channels) { return torch::nn::BatchNorm2d(channels); }
+admis::BatchNorm2d batch_norm(std::int64_t channels) { return admis::BatchNorm2d(channels); }
 
 class IBasicBlockImpl : public torch::nn::Module {
  public:
@@ -37,7 +37,7 @@ class IBasicBlockImpl : public torch::nn::Module {
     return out + (downsample ? downsample->forward(x) : x);
   }
 
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  admis::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::PReLU prelu{nullptr};
   torch::nn::Sequential downsample{nullptr};
@@ -74,13 +74,13 @@ class IResNetImpl : public torch::nn::Module {
     bn2 = register_module("bn2", batch_norm(512));
     dropout = register_module("dropout", torch::nn::Dropout(torch::nn::DropoutOptions(dropout_p)));
     fc = register_module("fc", torch::nn::Linear(512 * kFinalSide * kFinalSide, num_features));
-    features = register_module("features", torch::nn::BatchNorm1d(num_features));
+    features = register_module("features", admis::BatchNorm1d(num_features));
 
     torch::NoGradGuard no_grad;
     for (const auto& m : modules(/*include_self=*/false)) {
       if (auto* conv = m->as<torch::nn::Conv2d>()) {
         conv->weight.normal_(0.0, 0.1);
-      } else if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+      } else if (auto* bn = m->as<admis::BatchNorm2d>()) {
         bn->weight.fill_(1.0);
         bn->bias.zero_();
       }
@@ -98,11 +98,11 @@ class IResNetImpl : public torch::nn::Module {
   }
 
   torch::nn::Conv2d conv1{nullptr};
-  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  admis::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::PReLU prelu{nullptr};
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Linear fc{nullptr};
-  torch::nn::BatchNorm1d features{nullptr};
+  admis::BatchNorm1d features{nullptr};
 
  private:
   torch::nn::Sequential stages_[4] = {nullptr, nullptr, nullptr, nullptr};

@@ -18,13 +18,13 @@ class ConvBlockImpl : public torch::nn::Module {
                 std::int64_t groups = 1)
       : torch::nn::Module("Conv_block") {
     conv = register_module("conv", conv_no_bias(in_c, out_c, kernel, stride, padding, groups));
-    bn = register_module("bn", torch::nn::BatchNorm2d(out_c));
+    bn = register_module("bn", admis::BatchNorm2d(out_c));
     prelu = register_module("prelu", torch::nn::PReLU(torch::nn::PReLUOptions().num_parameters(out_c)));
   }
   torch::Tensor forward(const torch::Tensor& x) { return prelu(bn(conv(x))); }
 
   torch::nn::Conv2d conv{nullptr};
-  torch::nn::BatchNorm2d bn{nullptr};
+  admis::BatchNorm2d bn{nullptr};
   torch::nn::PReLU prelu{nullptr};
 };
 TORCH_MODULE(ConvBlock);
@@ -36,12 +36,12 @@ class LinearBlockImpl : public torch::nn::Module {
                   std::int64_t groups = 1)
       : torch::nn::Module("LinearBlock") {
     conv = register_module("conv", conv_no_bias(in_c, out_c, kernel, stride, padding, groups));
-    bn = register_module("bn", torch::nn::BatchNorm2d(out_c));
+    bn = register_module("bn", admis::BatchNorm2d(out_c));
   }
   torch::Tensor forward(const torch::Tensor& x) { return bn(conv(x)); }
 
   torch::nn::Conv2d conv{nullptr};
-  torch::nn::BatchNorm2d bn{nullptr};
+  admis::BatchNorm2d bn{nullptr};
 };
 TORCH_MODULE(LinearBlock);
 
@@ -81,13 +81,13 @@ class GdcImpl : public torch::nn::Module {
   GdcImpl(std::int64_t in_c, std::int64_t embedding_size) : torch::nn::Module("GDC") {
     conv_6_dw = register_module("conv_6_dw", LinearBlock(in_c, in_c, 7, 1, 0, in_c));
     linear = register_module("linear", torch::nn::Linear(torch::nn::LinearOptions(in_c, embedding_size).bias(false)));
-    bn = register_module("bn", torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(embedding_size).affine(false)));
+    bn = register_module("bn", admis::BatchNorm1d(torch::nn::BatchNorm1dOptions(embedding_size).affine(false)));
   }
   torch::Tensor forward(const torch::Tensor& x) { return bn(linear(torch::flatten(conv_6_dw(x), 1))); }
 
   LinearBlock conv_6_dw{nullptr};
   torch::nn::Linear linear{nullptr};
-  torch::nn::BatchNorm1d bn{nullptr};
+  admis::BatchNorm1d bn{nullptr};
 };
 TORCH_MODULE(Gdc);
 
@@ -98,8 +98,8 @@ TORCH_MODULE(Gdc);
 class GnapImpl : public torch::nn::Module {
  public:
   explicit GnapImpl(std::int64_t in_c) : torch::nn::Module("GNAP") {
-    bn1 = register_module("bn1", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(in_c).affine(false)));
-    bn2 = register_module("bn2", torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(in_c).affine(false)));
+    bn1 = register_module("bn1", admis::BatchNorm2d(torch::nn::BatchNorm2dOptions(in_c).affine(false)));
+    bn2 = register_module("bn2", admis::BatchNorm1d(torch::nn::BatchNorm1dOptions(in_c).affine(false)));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     const torch::Tensor normalised = bn1(x);
@@ -108,8 +108,8 @@ class GnapImpl : public torch::nn::Module {
     return bn2(weighted.mean({2, 3}));
   }
 
-  torch::nn::BatchNorm2d bn1{nullptr};
-  torch::nn::BatchNorm1d bn2{nullptr};
+  admis::BatchNorm2d bn1{nullptr};
+  admis::BatchNorm1d bn2{nullptr};
 };
 TORCH_MODULE(Gnap);
 

@@ -17,7 +17,7 @@ namespace {
 using torch::indexing::None;
 using torch::indexing::Slice;
 
-torch::nn::BatchNorm2d batch_norm(std::int64_t channels) { return torch::nn::BatchNorm2d(channels); }
+admis::BatchNorm2d batch_norm(std::int64_t channels) { return admis::BatchNorm2d(channels); }
 torch::nn::PReLU prelu(std::int64_t channels) {
   return torch::nn::PReLU(torch::nn::PReLUOptions().num_parameters(channels));
 }
@@ -110,7 +110,7 @@ class IrseNetImpl : public torch::nn::Module {
         "output_layer",
         torch::nn::Sequential(batch_norm(output_channel), torch::nn::Dropout(0.4), torch::nn::Flatten(),
                               torch::nn::Linear(output_channel * side * side, kEmbeddingSize),
-                              torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(kEmbeddingSize).affine(false))));
+                              admis::BatchNorm1d(torch::nn::BatchNorm1dOptions(kEmbeddingSize).affine(false))));
     body = torch::nn::Sequential();
     for (const Stage& stage : stages_by_depth().at(num_layers)) {
       body->push_back(IrUnit(stage.in_channel, stage.depth, 2, bottleneck, se));

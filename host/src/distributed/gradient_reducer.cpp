@@ -58,7 +58,8 @@ GradientReducer::~GradientReducer() {
     }
 }
 
-void GradientReducer::prepare() {
+void GradientReducer::prepare(bool overlap) {
+  overlap_ = overlap;
   for (Bucket& b : buckets_) {
     b.ready = 0;
     b.work.reset();
@@ -79,7 +80,7 @@ void GradientReducer::on_gradient(std::size_t k, const torch::Tensor& grad) {
   seen_[k] = true;
   const torch::Tensor& p = params_[k];
   b.flat.narrow(0, b.offsets[slot_of_[k]], p.numel()).copy_(grad.reshape({-1}));
-  if (++b.ready == b.params.size()) launch_ready_buckets();
+  if (++b.ready == b.params.size() && overlap_) launch_ready_buckets();
 }
 
 void GradientReducer::launch_ready_buckets() {

@@ -284,6 +284,33 @@ torch::Tensor Distributed::all_gather_cat(const torch::Tensor& tensor, const std
   return torch::cat(output[0], 0);
 }
 
+torch::Tensor Distributed::gather_cat(const torch::Tensor& tensor, int root, const std::string& what) {
+  if (!active()) return tensor;
+  std::vector<torch::Tensor> input{tensor.contiguous()};
+  std::vector<std::vector<torch::Tensor>> output(rank_ == root ? 1 : 0);  // Gloo: empty off the root
+  if (rank_ == root)
+    for (int r = 0; r < world_size_; ++r) output[0].push_back(torch::empty_like(input[0]));
+  c10d::GatherOptions options;
+  options.rootRank = root;
+  wait(group_->gather(output, input, options), what);
+  return rank_ == root ? torch::cat(output[0], 0) : torch::Tensor();
+}
+
+void Distributed::scatter(torch::Tensor& out, const std::vector<torch::Tensor>& chunks, int root,
+                          const std::string& what) {
+  if (!active()) {
+    out.copy_(chunks.at(0));
+    return;
+  }
+  std::vector<torch::Tensor> output{out};
+  std::vector<std::vector<torch::Tensor>> input(rank_ == root ? 1 : 0);  // Gloo: empty off the root
+  if (rank_ == root)
+    for (const auto& chunk : chunks) input[0].push_back(chunk.contiguous());
+  c10d::ScatterOptions options;
+  options.rootRank = root;
+  wait(group_->scatter(output, input, options), what);
+}
+
 void Distributed::barrier(const std::string& what) {
   if (!active()) return;
   wait(group_->barrier(), what);

@@ -190,13 +190,15 @@ ShardedMarginHead::Output ShardedMarginHead::forward(const torch::Tensor& embedd
   return out;
 }
 
+// Shards differ in width by at most one column: collectives move them padded to the
+// widest, as [widest, D] rows (a column block of the kernel, transposed).
 torch::Tensor ShardedMarginHead::gather_columns(const torch::Tensor& shard) {
   torch::NoGradGuard no_grad;
-  // Shards differ in width by at most one column: pad to the widest, gather, cut back.
   const std::int64_t widest = (classes_ + dist_->world_size() - 1) / dist_->world_size();
   torch::Tensor padded = torch::zeros({widest, in_features_}, shard.options());
   padded.narrow(0, 0, end_ - begin_).copy_(shard.t());
-  const torch::Tensor all = dist_->all_gather_cat(padded, "the all-gather of the sharded head's columns");
+  const torch::Tensor all = dist_->gather_cat(padded, 0, "the gather of the sharded head's columns");
+  if (!all.defined()) return all;
   std::vector<torch::Tensor> parts;
   for (int r = 0; r < dist_->world_size(); ++r) {
     const auto [b, e] = rank_share(classes_, r, dist_->world_size());
@@ -210,24 +212,60 @@ torch::Tensor ShardedMarginHead::own_columns(const torch::Tensor& full) const {
 }
 
 StateDict ShardedMarginHead::full_state() {
-  StateDict state{{"kernel", gather_columns(kernel_.detach())}};
+  torch::Tensor kernel = gather_columns(kernel_.detach());
+  if (!kernel.defined()) return {};
+  StateDict state{{"kernel", kernel}};
   if (t_.defined()) state["t"] = t_.clone();
   return state;
 }
 
-void ShardedMarginHead::load_full_state(const StateDict& state, const std::string& source) {
+namespace {
+
+const torch::Tensor& kernel_of(const StateDict& state, std::int64_t in_features, std::int64_t classes,
+                               const std::string& source) {
   auto it = state.find("kernel");
   if (it == state.end()) throw Error(source, "no 'kernel' (a head state saved by a margin head is expected)");
-  if (!it->second.sizes().equals({in_features_, classes_}))
+  if (!it->second.sizes().equals({in_features, classes}))
     throw Error(source, fmt::format("kernel has shape [{}], this head needs [{}, {}] (in_features, classes)",
-                                    fmt::join(it->second.sizes(), ","), in_features_, classes_));
+                                    fmt::join(it->second.sizes(), ","), in_features, classes));
+  return it->second;
+}
+
+const torch::Tensor& t_of(const StateDict& state, const std::string& source) {
+  auto t = state.find("t");
+  if (t == state.end()) throw Error(source, "no 't' (the curricularface running mean)");
+  return t->second;
+}
+
+}  // namespace
+
+void ShardedMarginHead::load_full_state(const StateDict& state, const std::string& source) {
+  const torch::Tensor& kernel = kernel_of(state, in_features_, classes_, source);
   torch::NoGradGuard no_grad;
-  kernel_.copy_(own_columns(it->second));
-  if (t_.defined()) {
-    auto t = state.find("t");
-    if (t == state.end()) throw Error(source, "no 't' (the curricularface running mean)");
-    t_.copy_(t->second);
+  kernel_.copy_(own_columns(kernel));
+  if (t_.defined()) t_.copy_(t_of(state, source));
+}
+
+void ShardedMarginHead::scatter_full_state(const StateDict& state, const std::string& source) {
+  if (!dist_->active()) return load_full_state(state, source);
+  torch::NoGradGuard no_grad;
+  const int world = dist_->world_size();
+  const std::int64_t widest = (classes_ + world - 1) / world;
+  std::vector<torch::Tensor> chunks;
+  if (dist_->is_main()) {
+    const torch::Tensor kernel = kernel_of(state, in_features_, classes_, source).to(kernel_.options());
+    for (int r = 0; r < world; ++r) {
+      const auto [b, e] = rank_share(classes_, r, world);
+      torch::Tensor chunk = torch::zeros({widest, in_features_}, kernel_.options());
+      chunk.narrow(0, 0, e - b).copy_(kernel.narrow(1, b, e - b).t());
+      chunks.push_back(chunk);
+    }
+    if (t_.defined()) t_.copy_(t_of(state, source));
   }
+  torch::Tensor mine = torch::empty({widest, in_features_}, kernel_.options());
+  dist_->scatter(mine, chunks, 0, "the scatter of the initial head's columns");
+  kernel_.copy_(mine.narrow(0, 0, end_ - begin_).t());
+  if (t_.defined()) dist_->broadcast(t_, 0, "the broadcast of curricularface's t");
 }
 
 }  // namespace admis::host

@@ -17,7 +17,8 @@ namespace admis::host {
 namespace {
 
 // The class-sharded counterpart of the manifest's head plugin, with its margin parameters.
-std::shared_ptr<ShardedMarginHead> sharded_head_for(const PluginSpec& spec, const Head& head, const TrainOptions& o) {
+std::shared_ptr<ShardedMarginHead> sharded_head_for(const PluginSpec& spec, std::int64_t in_features,
+                                                    std::int64_t classes, const TrainOptions& o) {
   const auto& choices = sharded_margin_choices();
   if (std::find(choices.begin(), choices.end(), spec.name) == choices.end())
     throw Error("shard_head", fmt::format("head/{} has no class-sharded form; shard_head works with head {} (or set "
@@ -36,7 +37,7 @@ std::shared_ptr<ShardedMarginHead> sharded_head_for(const PluginSpec& spec, cons
   h.margin = param("margin", h.margin).as<double>();
   if (spec.name == "arcface") h.easy_margin = param("easy_margin", h.easy_margin).as<bool>();
   if (spec.name == "curricularface") h.alpha = param("alpha", h.alpha).as<double>();
-  return std::make_shared<ShardedMarginHead>(o.distributed, head.in_features(), head.out_features(), h);
+  return std::make_shared<ShardedMarginHead>(o.distributed, in_features, classes, h);
 }
 
 }  // namespace
@@ -77,6 +78,11 @@ StageType train_recognition_stage() {
           ParamSpec::Bool("resume", true,
                           "continue from the newest checkpoint in the stage folder when there is one (false, or "
                           "--force: start over)"),
+          ParamSpec::Bool("sync_batch_norm", false,
+                          "in a distributed run, normalise with the statistics of the global batch (PyTorch's "
+                          "SyncBatchNorm) instead of each rank's share (TFace's default); costs two small "
+                          "all-reduces per batch norm layer, forward and backward. The bundled backbones support "
+                          "it. One process: the same result as false"),
           ParamSpec::Bool("shard_head", false,
                           "split the head's classifier columns across the ranks of a distributed run (TFace's "
                           "DIST_FC), for class counts too large for one device; arcface, cosface and "
@@ -85,11 +91,21 @@ StageType train_recognition_stage() {
       },
       [](const Params& keys, StageContext& ctx) {
         const std::string where;  // the runner already names the manifest line and the stage
+        const std::shared_ptr<Distributed> dist = world(ctx.runtime.device());
+        const bool shard_head = keys.get_bool("shard_head");
         auto backbone_plugin = ctx.runtime.create(keys.get_plugin("backbone"));
-        auto head_plugin = ctx.runtime.create(keys.get_plugin("head"));
+        // A class-sharded run builds the plugin head (the whole classifier) on rank 0 only,
+        // for its initial and final values, and keeps it on the CPU: the device holds the
+        // rank's columns alone.
+        std::shared_ptr<Plugin> head_plugin;
+        Head* head = nullptr;
+        if (!shard_head || dist->is_main()) {
+          head_plugin = ctx.runtime.create(keys.get_plugin("head"));
+          head = &dynamic_cast<Head&>(*head_plugin);
+          if (shard_head && dist->active()) head->module().to(torch::kCPU);
+        }
         auto reader_plugin = ctx.runtime.create(keys.get_plugin("data"));
         auto& backbone = dynamic_cast<Backbone&>(*backbone_plugin);
-        auto& head = dynamic_cast<Head&>(*head_plugin);
         auto& reader = dynamic_cast<DatasetReader&>(*reader_plugin);
         const std::string& data_path = keys.get_path("data_path");
         reader.open(data_path);
@@ -97,10 +113,10 @@ StageType train_recognition_stage() {
           throw Error(where, fmt::format("dataset-reader/{} found no samples in {}", keys.get_plugin("data").name,
                                          data_path));
         const auto classes = static_cast<std::int64_t>(reader.class_names().size());
-        if (head.out_features() != classes)
+        if (head && head->out_features() != classes)
           throw Error(where, fmt::format("head/{} has out_features {} but {} has {} classes; set "
                                          "head.params.out_features: {}",
-                                         keys.get_plugin("head").name, head.out_features(), data_path, classes,
+                                         keys.get_plugin("head").name, head->out_features(), data_path, classes,
                                          classes));
 
         const AugmenterList augmenters = create_augmenters(keys.get_strings("augmenters"), ctx.runtime, where);
@@ -124,9 +140,10 @@ StageType train_recognition_stage() {
         o.seed = ctx.runtime.seed();
         o.resume = keys.get_bool("resume") && !ctx.force;
         o.progress = &std::cerr;
-        o.distributed = world(ctx.runtime.device());
-        if (keys.get_bool("shard_head")) {
-          o.sharded_head = sharded_head_for(keys.get_plugin("head"), head, o);
+        o.distributed = dist;
+        o.sync_batch_norm = keys.get_bool("sync_batch_norm");
+        if (shard_head) {
+          o.sharded_head = sharded_head_for(keys.get_plugin("head"), backbone.embedding_size(), classes, o);
           if (o.distributed->is_main())
             std::cerr << fmt::format("[{}] class-sharded head/{}: {} classes over {} rank(s), rank 0 holding {}", ctx.stage_name,
                                      keys.get_plugin("head").name, classes, o.distributed->world_size(),

@@ -198,7 +198,7 @@ void save_checkpoint(const std::string& output_dir, const CheckpointMeta& meta, 
 }
 
 // With a sharded head, each rank takes its columns of the saved head and of its momentum.
-CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, Head& head, ShardedMarginHead* sharded,
+CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, Head* head, ShardedMarginHead* sharded,
                                SgdMomentum& optimizer, const std::map<std::string, std::string>& identity) {
   const std::string state_path = (fs::path(folder) / "training_state.safetensors").string();
   std::map<std::string, std::string> meta;
@@ -220,7 +220,7 @@ CheckpointMeta load_checkpoint(const std::string& folder, Backbone& backbone, He
     auto momentum = state.find("momentum_buffer.head.kernel");
     if (momentum != state.end()) momentum->second = sharded->own_columns(momentum->second);
   } else {
-    load_state_dict(head.module(), read_safetensors(hd), strict, hd);
+    load_state_dict(head->module(), read_safetensors(hd), strict, hd);
   }
   auto rng = state.find("rng_state");
   if (rng == state.end()) throw Error(state_path, "no rng_state");
@@ -259,17 +259,23 @@ std::vector<std::string> earlier_metric_rows(const std::string& path, std::int64
 TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetReader& reader,
                                const std::vector<Augmenter*>& augmenters, const TrainOptions& options,
                                const std::string& output_dir) {
+  return train_recognition(backbone, &head, reader, augmenters, options, output_dir);
+}
+
+TrainSummary train_recognition(Backbone& backbone, Head* head, const DatasetReader& reader,
+                               const std::vector<Augmenter*>& augmenters, const TrainOptions& options,
+                               const std::string& output_dir) {
   // Checks first, so that a mistake costs nothing.
   const std::int64_t dataset_size = reader.size();
   const auto classes = static_cast<std::int64_t>(reader.class_names().size());
   if (dataset_size == 0) throw Error(kWho, "the dataset is empty: the reader found no samples to train on");
-  if (head.out_features() != classes)
+  if (head && head->out_features() != classes)
     throw Error(kWho, fmt::format("the head has out_features {} but the dataset has {} classes; set the head's "
                                   "out_features to {}",
-                                  head.out_features(), classes, classes));
-  if (head.in_features() != backbone.embedding_size())
+                                  head->out_features(), classes, classes));
+  if (head && head->in_features() != backbone.embedding_size())
     throw Error(kWho, fmt::format("the head has in_features {} but the backbone gives {}-dimensional embeddings",
-                                  head.in_features(), backbone.embedding_size()));
+                                  head->in_features(), backbone.embedding_size()));
   if (options.epochs < 1 || options.batch_size < 1 || options.save_every < 1 || options.log_every < 1)
     throw Error(kWho, "epochs, batch_size, save_every and log_every must be at least 1");
   if (options.warmup_steps > 0 && options.warmup_epochs > 0)
@@ -286,6 +292,8 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   const bool main_rank = dist->is_main();
   std::ostream* const progress = main_rank ? options.progress : nullptr;
   ShardedMarginHead* const sharded = options.sharded_head.get();
+  if (!head && !(sharded && !main_rank))
+    throw Error(kWho, "no head was given; only the ranks other than 0 of a class-sharded run train without one");
   if (sharded) {
     if (sharded->classes() != classes || sharded->in_features() != backbone.embedding_size())
       throw Error(kWho, fmt::format("the sharded head is for {} classes of {}-dimensional embeddings; the dataset has {} "
@@ -294,8 +302,16 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
     if (options.label_smoothing != 0)
       throw Error(kWho, "label_smoothing is not available with the sharded head; set it to 0");
   }
+  // Synchronised batch norm (SyncBatchNorm): every batch norm of the backbone normalises
+  // with the global batch's statistics for as long as this run lasts.
+  SynchronisedBatchNorm sync_batch_norm;
+  if (options.sync_batch_norm) sync_batch_norm.attach(dist, backbone.module());
+  if (progress && sync_batch_norm.active())
+    *progress << fmt::format("[{}] synchronised batch norm: {} layers over {} ranks", kWho, sync_batch_norm.layers(),
+                             dist->world_size())
+              << std::endl;
   // The classifier whose parameters are trained here: this rank's columns when sharded.
-  torch::nn::Module& head_module = sharded ? sharded->module() : head.module();
+  torch::nn::Module& head_module = sharded ? sharded->module() : head->module();
 
   fs::create_directories(output_dir);
   LoaderOptions lo;
@@ -343,7 +359,7 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   std::unique_ptr<EventWriter> events = main_rank ? std::make_unique<EventWriter>(output_dir) : nullptr;
 
   backbone.module().train();
-  head.module().train();
+  if (head) head->module().train();
   torch::nn::functional::CrossEntropyFuncOptions ce;
   ce.label_smoothing(options.label_smoothing);
 
@@ -353,18 +369,19 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   // samples, so the backbone's gradients are summed.
   broadcast_module(*dist, backbone.module(), "backbone");
   if (!sharded) {
-    broadcast_module(*dist, head.module(), "head");
+    broadcast_module(*dist, head->module(), "head");
   } else if (resume_from.empty()) {
-    broadcast_module(*dist, head.module(), "head");
-    sharded->load_full_state(cpu_state_dict(head.module()), "the initial head");
+    // Rank 0's initial classifier, each rank receiving only its columns.
+    sharded->scatter_full_state(main_rank ? cpu_state_dict(head->module()) : StateDict{}, "the initial head");
   }
   head_module.train();
   std::vector<torch::Tensor> model_params = backbone.module().parameters();
   if (!sharded)
-    for (const auto& p : head.module().parameters()) model_params.push_back(p);
+    for (const auto& p : head->module().parameters()) model_params.push_back(p);
   GradientReducer reducer(dist, model_params, options.bucket_bytes, /*average=*/!sharded);
-  // The head and optimizer states in the single-process layout (collective when sharded).
-  auto head_state = [&] { return sharded ? sharded->full_state() : cpu_state_dict(head.module()); };
+  // The head and optimizer states in the single-process layout (collective when sharded,
+  // and then complete on rank 0 only).
+  auto head_state = [&] { return sharded ? sharded->full_state() : cpu_state_dict(head->module()); };
   auto optimizer_state = [&] {
     StateDict state = optimizer.state();
     auto momentum = state.find("momentum_buffer.head.kernel");
@@ -393,12 +410,14 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
       const torch::Tensor images = batch.images.to(device);
       const torch::Tensor labels = batch.labels.to(device);
       optimizer.zero_grad();
-      reducer.prepare();
+      // A rank with an empty share has no head in its backward; its bucket all-reduces must
+      // not interleave differently with the batch-norm statistics' (see prepare()).
+      reducer.prepare(/*overlap=*/!(sync_batch_norm.active() && batch.global_size < dist->world_size()));
       if (sharded) {
         // Every rank takes part in the head's collectives, also with an empty share (whose
         // embeddings still need a gradient, so that this rank joins the backward gather).
         const torch::Tensor embeddings =
-            labels.size(0) > 0 ? backbone.forward(images)
+            labels.size(0) > 0 || sync_batch_norm.active() ? backbone.forward(images)
                                : torch::zeros({0, backbone.embedding_size()}, torch::TensorOptions().device(device))
                                      .requires_grad_(true);
         const ShardedMarginHead::Output out = sharded->forward(embeddings, labels);
@@ -413,7 +432,7 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
       } else if (labels.size(0) > 0) {
         // A rank whose share of a short last batch is empty only takes part in the averaging.
         const torch::Tensor embeddings = backbone.forward(images);
-        const HeadOutput out = head.forward(embeddings, labels);
+        const HeadOutput out = head->forward(embeddings, labels);
         const torch::Tensor loss = torch::nn::functional::cross_entropy(out.logits, labels, ce);
         // The reducer takes the mean over ranks of the ranks' gradients; weighting each by
         // its share of the batch makes that the gradient of the mean over the whole batch,
@@ -428,6 +447,10 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
         window_correct += out.original_logits.detach().argmax(1).eq(labels).sum().item<double>();
         window_images += n;
         images_total += labels.size(0);
+      } else if (sync_batch_norm.active()) {
+        // An empty share still takes part in the batch-norm statistics' sums, forward and
+        // backward, contributing nothing to them.
+        (backbone.forward(images).sum() * 0).backward();
       }
       reducer.finish();
       optimizer.step(lr);
@@ -483,8 +506,8 @@ TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetRead
   }
 
   const StateDict final_head = main_rank || sharded ? head_state() : StateDict{};
-  // The caller's head ends with the trained weights, as without sharding.
-  if (sharded) load_state_dict(head.module(), final_head, LoadOptions{}, "the sharded head");
+  // Rank 0's head ends with the trained weights, as without sharding.
+  if (sharded && main_rank) load_state_dict(head->module(), final_head, LoadOptions{}, "the sharded head");
   if (main_rank) {
     write_safetensors(cpu_state_dict(backbone.module()), (fs::path(output_dir) / "backbone.safetensors").string());
     write_safetensors(final_head, (fs::path(output_dir) / "head.safetensors").string());

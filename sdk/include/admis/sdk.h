@@ -1,5 +1,6 @@
 #pragma once
-// Everything a plugin author needs: include this one header.
+// Everything a plugin author needs: include this one header. (A backbone that offers
+// synchronised batch norm also includes admis/sdk/batch_norm.h.)
 #include "admis/sdk/error.h"
 #include "admis/sdk/host.h"
 #include "admis/sdk/kinds.h"

@@ -12,6 +12,7 @@
 #include <boost/filesystem.hpp>
 #include <cstdlib>
 
+#include "admis/sdk/batch_norm.h"
 #include "backbones_test_util.h"
 
 namespace admis::test::backbones {
@@ -60,7 +61,7 @@ std::shared_ptr<Backbone> seeded_backbone(const GoldenCase& c) {
     if (ends_with("running_var")) tensor.uniform_(0.5, 1.5);
   }
   for (const auto& m : backbone->module().modules(/*include_self=*/false)) {
-    if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+    if (auto* bn = m->as<admis::BatchNorm2d>()) {
       if (bn->weight.defined()) bn->weight.uniform_(0.8, 1.2);
       if (bn->bias.defined()) bn->bias.uniform_(-0.1, 0.1);
     } else if (auto* prelu = m->as<torch::nn::PReLU>()) {

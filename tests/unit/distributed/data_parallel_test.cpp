@@ -263,8 +263,9 @@ TEST(DataParallel, CheckpointOfTwoRanksResumesOnOne) {
 }
 
 // The class-sharded head in training: 2 ranks, each with half of the classifier's columns,
-// train to the weights of 1 rank with the plugin head and the whole batch; the caller's
-// head receives the gathered classifier; and its checkpoint resumes on 1 rank, unsharded.
+// train to the weights of 1 rank with the plugin head and the whole batch; rank 0's head
+// (the only one: rank 1 passes none) receives the gathered classifier; and its checkpoint
+// resumes on 1 rank, unsharded.
 TEST(DataParallel, ShardedHeadTrainsLikeTheSingleProcessHead) {
   test::runtime();
   for (const std::string head_name : {"arcface", "curricularface"}) {
@@ -289,7 +290,8 @@ TEST(DataParallel, ShardedHeadTrainsLikeTheSingleProcessHead) {
       ro.distributed = d;
       ro.sharded_head = std::make_shared<ShardedMarginHead>(d, 32, 6, ho);
       EXPECT_EQ(ro.sharded_head->class_end() - ro.sharded_head->class_begin(), 3);
-      train_recognition(*models[d->rank()], *heads[d->rank()], reader, {&flip}, ro, dir);
+      // Rank 1 passes no head: it never holds the whole classifier.
+      train_recognition(*models[d->rank()], d->is_main() ? heads[0].get() : nullptr, reader, {&flip}, ro, dir);
     });
     for (const auto& [name, t] : single)
       EXPECT_TRUE(test::all_close(module_state_dict(models[0]->module()).at(name), t, 2e-5)) << head_name << " " << name;
@@ -320,7 +322,7 @@ TEST(DataParallel, ShardedHeadTrainsLikeTheSingleProcessHead) {
     first.epochs = 1;
     first.distributed = d;
     first.sharded_head = std::make_shared<ShardedMarginHead>(d, 32, 6, ShardedHeadOptions{});
-    train_recognition(*models[d->rank()], *heads[d->rank()], reader, {&flip}, first, dir);
+    train_recognition(*models[d->rank()], d->is_main() ? heads[0].get() : nullptr, reader, {&flip}, first, dir);
   });
   torch::manual_seed(99);
   test::PlainBackbone backbone(32);
@@ -331,4 +333,9 @@ TEST(DataParallel, ShardedHeadTrainsLikeTheSingleProcessHead) {
   for (const auto& [name, t] : module_state_dict(backbone.module()))
     EXPECT_TRUE(test::all_close(t, straight.at(name), 2e-5)) << name;
   EXPECT_TRUE(test::all_close(head->module().named_parameters()["kernel"], straight_head.at("kernel"), 2e-5));
+
+  // Without sharding every rank needs the head.
+  EXPECT_THAT(test::error_of([&] { train_recognition(backbone, nullptr, reader, {&flip}, rest, dir); }),
+              ::testing::HasSubstr("no head was given; only the ranks other than 0 of a class-sharded run train "
+                                   "without one"));
 }

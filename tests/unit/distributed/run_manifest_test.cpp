@@ -1,6 +1,6 @@
 // Manifests in a distributed job: `admis launch --nproc-per-node 2 -- run M.yaml` runs the
-// rank-aware stages (train_recognition, here with the class-sharded head; sample, each rank
-// a share of the identities) on both ranks and every other stage on rank 0 alone, prints
+// rank-aware stages (train_recognition, here with the class-sharded head and synchronised
+// batch norm; sample, each rank a share of the identities) on both ranks and every other stage on rank 0 alone, prints
 // each stage line and writes each output once, and keeps finished stages on a second run.
 // A stage failing on rank 0 stops a waiting rank at once, not after a timeout. And the
 // shard_head key on its own: one process trains as with the plain head, and heads without
@@ -45,6 +45,7 @@ stages:
     workers: 0
     log_every: 1
     shard_head: true
+    sync_batch_norm: true
   - name: syn
     stage: sample
     denoiser:
@@ -103,6 +104,7 @@ TEST(LaunchedRun, RunsEachStageOnceAndSplitsTheRankAwareOnes) {
   EXPECT_EQ(count(r.output, "[train] class-sharded head/arcface: 6 classes over 2 rank(s), rank 0 holding 3"), 1u)
       << r.output;
   EXPECT_EQ(count(r.output, "[train_recognition] epoch 1/1 step 3/3"), 1u) << r.output;
+  EXPECT_EQ(count(r.output, "[train_recognition] synchronised batch norm: 50 layers over 2 ranks"), 1u) << r.output;
   // The ranks sampled disjoint shares (0,2,4 and 1,3) of the 5 identities, which together
   // are the whole set that rank 0 then wrote once through the writer.
   EXPECT_THAT(r.output, HasSubstr("shard 0/2: 3 identities"));

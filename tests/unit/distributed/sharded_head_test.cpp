@@ -59,9 +59,11 @@ void check_sharded(const std::string& type, int world, std::int64_t rows, std::i
 
   test::run_ranks(world, [&](std::shared_ptr<Distributed> d) {
     ShardedMarginHead head(d, 8, classes, options_for(type));
-    head.load_full_state(type == "curricularface" ? StateDict{{"kernel", ref.kernel}, {"t", torch::zeros({1})}}
-                                                  : StateDict{{"kernel", ref.kernel}},
-                         "reference");
+    // The whole head on rank 0 only, as in training; each rank receives its columns.
+    const StateDict whole = type == "curricularface" ? StateDict{{"kernel", ref.kernel}, {"t", torch::zeros({1})}}
+                                                     : StateDict{{"kernel", ref.kernel}};
+    head.scatter_full_state(d->is_main() ? whole : StateDict{}, "reference");
+    EXPECT_TRUE(torch::equal(head.kernel(), head.own_columns(ref.kernel)));
     const auto [b, e] = rank_share(rows, d->rank(), d->world_size());
     torch::Tensor mine = x.narrow(0, b, e - b).clone().requires_grad_(true);
     const auto out = head.forward(mine, y.narrow(0, b, e - b));
@@ -76,7 +78,12 @@ void check_sharded(const std::string& type, int world, std::int64_t rows, std::i
     const torch::Tensor kernel_grad = ref.kernel_grad.narrow(1, head.class_begin(), head.class_end() - head.class_begin());
     EXPECT_TRUE(test::all_close(head.kernel().grad(), kernel_grad,
                                 1e-6 * std::max(1.0, ref.kernel_grad.abs().max().item<double>())));
+    // Gathered again on rank 0 alone: no other rank ever holds the whole classifier.
     const StateDict full = head.full_state();
+    if (!d->is_main()) {
+      EXPECT_TRUE(full.empty());
+      return;
+    }
     EXPECT_TRUE(torch::equal(full.at("kernel"), ref.kernel));
     if (type == "curricularface") {
       EXPECT_TRUE(test::all_close(full.at("t"), ref.t, 1e-7));

@@ -86,6 +86,12 @@ class Distributed {
   void broadcast(torch::Tensor& tensor, int root, const std::string& what);
   // Every rank's `tensor` (same shape on all ranks), concatenated along dim 0 in rank order.
   torch::Tensor all_gather_cat(const torch::Tensor& tensor, const std::string& what);
+  // The same on rank `root` only; the other ranks get an undefined tensor (and so never
+  // hold every rank's data at once).
+  torch::Tensor gather_cat(const torch::Tensor& tensor, int root, const std::string& what);
+  // Rank `root` sends chunks[r] to rank r (`chunks` is read on the root only, one tensor per
+  // rank, all shaped like `out`); every rank receives its chunk into `out`.
+  void scatter(torch::Tensor& out, const std::vector<torch::Tensor>& chunks, int root, const std::string& what);
   void barrier(const std::string& what);
 
   // Waiting on work of unknown length (rank 0 running a stage alone, ranks finishing their
@@ -124,6 +130,29 @@ class Distributed {
 // variables are set) for tensors on `device` (CUDA: NCCL where built with it). Training that
 // is given no group uses this one.
 std::shared_ptr<Distributed> world(const torch::Device& device = torch::kCPU);
+
+// Synchronised batch norm (PyTorch's SyncBatchNorm) for the length of a training run:
+// attach() makes every admis::BatchNorm1d/2d of a backbone normalise with the statistics of
+// the global batch, summed over `dist`'s ranks; the destructor detaches them again.
+class SynchronisedBatchNorm {
+ public:
+  SynchronisedBatchNorm() = default;
+  ~SynchronisedBatchNorm();
+  SynchronisedBatchNorm(const SynchronisedBatchNorm&) = delete;
+  SynchronisedBatchNorm& operator=(const SynchronisedBatchNorm&) = delete;
+
+  // Throws admis::Error when `backbone` has no batch norm to synchronise or has batch norms
+  // of LibTorch's own type (torch::nn::BatchNorm*), which cannot be. In a single process
+  // nothing is attached (per-process statistics are then the global ones).
+  void attach(std::shared_ptr<Distributed> dist, torch::nn::Module& backbone);
+  // Attached in a distributed run: every rank must then run every forward and backward.
+  bool active() const { return module_ != nullptr; }
+  std::int64_t layers() const { return layers_; }
+
+ private:
+  torch::nn::Module* module_ = nullptr;
+  std::int64_t layers_ = 0;
+};
 
 // Rank 0's values of every parameter and buffer of `module`, on all ranks.
 void broadcast_module(Distributed& dist, torch::nn::Module& module, const std::string& what);

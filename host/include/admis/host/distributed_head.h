@@ -57,13 +57,18 @@ class ShardedMarginHead {
   torch::nn::Module& module() { return *module_; }
   torch::Tensor kernel() const { return kernel_; }
 
-  // The whole head as the single-process head saves it ({"kernel": [D, C]}, plus "t"):
-  // collective; every rank gets it. A checkpoint so written loads at any world size.
+  // The whole head as the single-process head saves it ({"kernel": [D, C]}, plus "t"), on
+  // rank 0; the other ranks get an empty state, so no rank but 0 ever holds the whole
+  // classifier. Collective. A checkpoint so written loads at any world size.
   StateDict full_state();
   // Takes this rank's columns from a single-process head state (e.g. a checkpoint).
   void load_full_state(const StateDict& state, const std::string& source);
+  // The same from rank 0's `state` (the initial head, which only rank 0 has; ignored on the
+  // other ranks), each rank receiving just its columns. Collective.
+  void scatter_full_state(const StateDict& state, const std::string& source);
   // A [D, C_r] tensor laid out like this rank's kernel (its gradient, a momentum buffer)
-  // gathered to [D, C] (collective), and the inverse, this rank's columns of a [D, C].
+  // gathered to [D, C] on rank 0 (collective; undefined on the other ranks), and the
+  // inverse, this rank's columns of a [D, C].
   torch::Tensor gather_columns(const torch::Tensor& shard);
   torch::Tensor own_columns(const torch::Tensor& full) const;
 

@@ -29,8 +29,11 @@ class GradientReducer {
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
-  // Arms the hooks for the next backward pass.
-  void prepare();
+  // Arms the hooks for the next backward pass. `overlap` false holds every all-reduce back
+  // until finish(): needed when backward issues collectives of its own (synchronised batch
+  // norm) and the ranks' graphs differ (a rank with an empty share has no head in its
+  // graph), since the buckets would then start at different points of that sequence.
+  void prepare(bool overlap = true);
   // After backward: buckets whose parameters got no gradient (unused, or a rank with an
   // empty batch) are completed with zeros and started, in bucket order; then waits for
   // every all-reduce and sets each parameter's .grad to the mean over the ranks.
@@ -64,6 +67,7 @@ class GradientReducer {
   std::size_t next_launch_ = 0;
   bool armed_ = false;
   bool average_ = true;
+  bool overlap_ = true;
   double wait_seconds_ = 0;
   std::int64_t steps_ = 0;
 };

@@ -98,10 +98,14 @@ struct TrainOptions {
   // and progress.
   std::shared_ptr<Distributed> distributed;
   std::int64_t bucket_bytes = 25 * 1024 * 1024;  // gradient all-reduce bucket size
+  // Batch norm over the global batch (SyncBatchNorm) instead of per rank (TFace's default).
+  // The backbone must build its batch norms as admis::BatchNorm1d/2d (admis/sdk/batch_norm.h).
+  bool sync_batch_norm = false;
   // Class-sharded classification (TFace's DIST_FC): when set, this head (made on every rank
   // with `distributed`, and the margin of `head`) classifies instead of `head`. `head` then
-  // only gives the initial weights (rank 0's) and receives the final ones; checkpoints and
-  // head.safetensors keep the single-process layout, so any world size resumes them.
+  // only gives the initial weights and receives the final ones, on rank 0 (the other ranks
+  // may pass none, and never hold the whole classifier); checkpoints and head.safetensors
+  // keep the single-process layout, so any world size resumes them.
   std::shared_ptr<ShardedMarginHead> sharded_head;
 };
 
@@ -121,13 +125,18 @@ struct TrainSummary {
 // Trains `backbone` + `head` on the open `reader`. With several ranks every rank calls this
 // with the same options; rank 0's initial weights are broadcast, each rank takes its share
 // of every batch, and gradients are averaged (GradientReducer); batch norm statistics stay
-// per rank as in TFace. Writes to `output_dir` (rank 0 only):
+// per rank as in TFace, or are over the global batch with sync_batch_norm. Writes to `output_dir` (rank 0 only):
 //   checkpoints/epoch-<N>/{backbone,head,training_state}.safetensors (atomically, as a folder)
 //   backbone.safetensors, head.safetensors   the final weights, the modules' own key names
 //   metrics.csv, events.out.tfevents.*        the logged scalars
 // Throws admis::Error on a class-count or embedding-size mismatch, an empty dataset, or a
 // checkpoint that does not fit.
 TrainSummary train_recognition(Backbone& backbone, Head& head, const DatasetReader& reader,
+                               const std::vector<Augmenter*>& augmenters, const TrainOptions& options,
+                               const std::string& output_dir);
+// The same, where the ranks other than 0 of a class-sharded run (options.sharded_head) pass
+// no head: only rank 0 needs the whole classifier, for its initial and final values.
+TrainSummary train_recognition(Backbone& backbone, Head* head, const DatasetReader& reader,
                                const std::vector<Augmenter*>& augmenters, const TrainOptions& options,
                                const std::string& output_dir);
 
