@@ -7,13 +7,16 @@
 #include <iostream>
 #include <thread>
 
+#include "admis/host/distributed.h"
 #include "admis/host/weights.h"
 
 namespace admis::host {
 
 namespace {
 
-torch::Device parse_device(const std::string& text) {
+torch::Device parse_device(const std::string& requested) {
+  // Under a launcher each worker takes the GPU of its local rank.
+  const std::string text = requested == "cuda" ? rank_device(requested, dist_env_from_environment()) : requested;
   try {
     torch::Device d(text);
     if (d.is_cuda() && !torch::cuda::is_available())

@@ -150,6 +150,11 @@ DistEnv parse_dist_env(const EnvLookup& lookup) {
 
 DistEnv dist_env_from_environment() { return parse_dist_env(process_env); }
 
+std::string rank_device(const std::string& requested, const DistEnv& env) {
+  if (requested != "cuda" || !env.distributed()) return requested;
+  return "cuda:" + std::to_string(env.local_rank);
+}
+
 std::chrono::milliseconds dist_timeout_from_environment() {
   if (!process_env("ADMIS_DIST_TIMEOUT")) return std::chrono::seconds(300);
   return std::chrono::seconds(env_int(process_env, "ADMIS_DIST_TIMEOUT", 1, 7 * 24 * 3600,

@@ -43,6 +43,19 @@ TEST(DistEnv, TorchrunVariables) {
   EXPECT_EQ(env.origin, "torchrun variables");
 }
 
+// --device cuda under a launcher: one GPU per worker of a machine, by local rank.
+TEST(DistEnv, CudaMeansTheGpuOfTheLocalRank) {
+  const DistEnv torchrun = parse_dist_env(vars({{"RANK", "5"}, {"WORLD_SIZE", "8"}, {"LOCAL_RANK", "1"},
+                                                {"MASTER_ADDR", "10.0.0.7"}, {"MASTER_PORT", "29511"}}));
+  EXPECT_EQ(rank_device("cuda", torchrun), "cuda:1");
+  const DistEnv slurm = parse_dist_env(vars({{"SLURM_PROCID", "6"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "2"},
+                                             {"SLURM_NODELIST", "gpu[03-04]"}}));
+  EXPECT_EQ(rank_device("cuda", slurm), "cuda:2");
+  EXPECT_EQ(rank_device("cuda:3", torchrun), "cuda:3");  // an explicit index is the user's choice
+  EXPECT_EQ(rank_device("cpu", torchrun), "cpu");
+  EXPECT_EQ(rank_device("cuda", parse_dist_env(vars({}))), "cuda");  // one process: the current GPU
+}
+
 TEST(DistEnv, SlurmVariablesTakeTheFirstNode) {
   const DistEnv env = parse_dist_env(vars({{"SLURM_PROCID", "6"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "2"},
                                            {"SLURM_NODELIST", "gpu[03-04,07],login1"}}));

@@ -43,6 +43,11 @@ DistEnv dist_env_from_environment();
 // "a3b1". Throws admis::Error (naming `variable`) for an empty or malformed list.
 std::string slurm_first_host(const std::string& nodelist, const std::string& variable = "SLURM_NODELIST");
 
+// The device a worker computes on: "cuda" without an index means the GPU of this worker's
+// local rank ("cuda:LOCAL_RANK", as torchrun scripts set it), so the workers of one machine
+// take one GPU each; an explicit "cuda:N" or "cpu" is kept.
+std::string rank_device(const std::string& requested, const DistEnv& env);
+
 // ADMIS_DIST_TIMEOUT (seconds; default 300): how long the rendezvous and every collective
 // may wait for the other ranks before the run stops with an error.
 std::chrono::milliseconds dist_timeout_from_environment();
