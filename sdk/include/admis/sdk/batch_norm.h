@@ -4,8 +4,8 @@
 // know about. admis::BatchNorm1d and admis::BatchNorm2d are torch::nn::BatchNorm1d/2d with
 // the same parameters, buffers, state-dict keys and numerics; until the host attaches a
 // BatchStatisticsReducer (train_recognition's sync_batch_norm: true) they compute exactly
-// what LibTorch's layers do. A backbone that builds its batch norms from these types supports the
-// option; one built from torch::nn::BatchNorm* is refused by name when the option is set.
+// what LibTorch's layers do. A backbone that builds its batch norms from these types
+// supports the option; one built from torch::nn::BatchNorm* is refused when it is set.
 //
 // With a reducer attached, a training-mode forward normalises with the mean and variance
 // of the whole global batch: sum and count, then the sum of squared deviations from the
@@ -39,7 +39,8 @@ namespace batch_norm_detail {
 struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                BatchStatisticsReducer* reducer) {
-    // The reducer outlives the pass: the layer that holds it made this node.
+    // A raw pointer: the graph is backpropagated in the training step that built it, while
+    // the layer that made this node still holds the reducer.
     ctx->saved_data["reducer"] = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(reducer));
     torch::Tensor sum = x.clone();
     reducer->all_reduce_sum(sum);
