@@ -2,23 +2,35 @@
 // machine noted. Benchmarks, not tests, measure speed (the test suite never times code).
 #include <boost/filesystem.hpp>
 #include <boost/program_options.hpp>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "admis/host/bench.h"
 #include "admis/host/commands.h"
 #include "admis/host/convert.h"
 #include "admis/host/data_loader.h"
+#include "admis/host/distributed.h"
+#include "admis/host/distributed_reducer.h"
 #include "admis/host/generation.h"
 #include "admis/host/manifest.h"
 #include "admis/host/registry.h"
 #include "admis/host/runtime.h"
 #include "admis/host/text.h"
+#include "admis/host/train_recognition.h"
 
 namespace fs = boost::filesystem;
 namespace po = boost::program_options;
@@ -174,6 +186,180 @@ int bench_contexts(const std::string& name, std::vector<std::string> sets, Globa
   return 0;
 }
 
+
+// "1,2" -> {1, 2}: the process counts of --processes.
+std::vector<int> parse_process_counts(const std::string& text) {
+  const Error bad("admis bench", fmt::format("--processes must be a comma-separated list of process counts, each "
+                                             "at least 1 (e.g. --processes 1,2); got '{}'",
+                                             text));
+  std::vector<int> counts;
+  std::size_t at = 0;
+  while (true) {
+    const std::size_t comma = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, comma - at);
+    if (item.empty() || item.size() > 4 || !std::all_of(item.begin(), item.end(), ::isdigit)) throw bad;
+    const int n = std::stoi(item);
+    if (n < 1) throw bad;
+    counts.push_back(n);
+    if (comma == text.size()) return counts;
+    at = comma + 1;
+  }
+}
+
+// Runs `argv` with stdout and stderr going to `log_path`; returns its wait status. The
+// child is terminated if this process dies, so no launch job outlives the benchmark.
+int run_logged(const std::vector<std::string>& argv, const std::string& log_path) {
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw Error("admis bench", fmt::format("cannot start {}: {}", argv[0], std::strerror(errno)));
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) _exit(1);
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(fd, 2) < 0) _exit(126);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    std::cerr << fmt::format("cannot run {}: {}", argv[0], std::strerror(errno)) << std::endl;
+    _exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) throw Error("admis bench", fmt::format("waiting for {}: {}", argv[0], std::strerror(errno)));
+  return status;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string last_lines(const std::string& text, int count) {
+  std::size_t at = text.size();
+  if (at > 0 && text[at - 1] == '\n') --at;
+  while (at > 0 && count > 0)
+    if (text[--at] == '\n') --count;
+  return text.substr(at == 0 ? 0 : at + 1);
+}
+
+struct ProcessesRow {
+  int processes = 0;
+  int threads = 0;
+  double images_per_s = 0;
+  double step_s = 0;
+  double allreduce_s = 0;
+  std::int64_t input_size = 0, parameters = 0, classes = 0;
+};
+
+// --processes: the same benchmark once per process count, each as `admis launch
+// --nproc-per-node N -- bench ...` (this executable, the same options less --processes);
+// rank 0 of each job writes its figures to a file, and the table compares them.
+int bench_processes(const std::vector<int>& counts, const std::vector<std::string>& args,
+                    const po::options_description& own, Globals& g,
+                    const std::string& backbone_name, const std::string& head_name, int batch,
+                    bool sync_batch_norm) {
+  // The bench options as given, less --processes and the global options, which go to
+  // launch (it passes them on to every worker, and divides the cores only when --threads
+  // is not among them).
+  Globals scratch;
+  po::options_description all;
+  all.add(own).add(global_options(scratch));
+  const po::parsed_options parsed = po::command_line_parser(args).options(all).run();
+  std::vector<std::string> bench_args, launch_globals;
+  for (const auto& option : parsed.options) {
+    if (option.string_key == "processes" || option.string_key == "result-file") continue;
+    if (option.string_key == "threads" || option.string_key == "device" || option.string_key == "seed" ||
+        option.string_key == "plugin-path") {
+      for (const auto& value : option.value)
+        launch_globals.insert(launch_globals.end(), {"--" + option.string_key, value});
+      continue;
+    }
+    bench_args.insert(bench_args.end(), option.original_tokens.begin(), option.original_tokens.end());
+  }
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) throw Error("admis bench", fmt::format("cannot find the admis executable: {}", std::strerror(errno)));
+  const std::string exe(self, static_cast<std::size_t>(n));
+
+  const fs::path scratch_dir = fs::temp_directory_path() / fs::unique_path("admis-bench-%%%%-%%%%");
+  fs::create_directories(scratch_dir);
+  std::vector<ProcessesRow> rows;
+  try {
+    for (const int count : counts) {
+      const std::string result = (scratch_dir / fmt::format("result-{}.txt", count)).string();
+      const std::string log = (scratch_dir / fmt::format("output-{}.txt", count)).string();
+      std::vector<std::string> command = {exe, "launch", "--nproc-per-node", std::to_string(count)};
+      command.insert(command.end(), launch_globals.begin(), launch_globals.end());
+      command.insert(command.end(), {"--", "bench"});
+      command.insert(command.end(), bench_args.begin(), bench_args.end());
+      command.insert(command.end(), {"--result-file", result});
+      std::cerr << fmt::format("admis bench: {} process(es): admis launch --nproc-per-node {} -- bench ...", count,
+                               count)
+                << std::endl;
+      const int status = run_logged(command, log);
+      const std::string output = read_text_file(log);
+      std::string failure;
+      if (WIFSIGNALED(status)) failure = fmt::format("killed by signal {}", WTERMSIG(status));
+      else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        failure = fmt::format("exit status {}", WEXITSTATUS(status));
+      else if (!fs::exists(result)) failure = "it wrote no figures";
+      if (!failure.empty())
+        throw Error("admis bench", fmt::format("--processes {}: the run with {} process(es) failed ({}); its last "
+                                               "output:\n{}",
+                                               fmt::join(counts, ","), count, failure, last_lines(output, 20)));
+      std::map<std::string, double> figures;
+      std::istringstream lines(read_text_file(result));
+      std::string line;
+      while (std::getline(lines, line)) {
+        const auto eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        try {
+          figures[line.substr(0, eq)] = std::stod(line.substr(eq + 1));
+        } catch (const std::exception&) {
+          throw Error(result, fmt::format("the run with {} process(es) wrote '{}', not KEY=NUMBER", count, line));
+        }
+      }
+      for (const char* key :
+           {"processes", "threads", "images_per_s", "step_s", "allreduce_s", "input_size", "parameters", "classes"})
+        if (!figures.count(key))
+          throw Error(result, fmt::format("the run with {} process(es) wrote no {}", count, key));
+      rows.push_back({static_cast<int>(figures["processes"]), static_cast<int>(figures["threads"]),
+                      figures["images_per_s"], figures["step_s"], figures["allreduce_s"],
+                      static_cast<std::int64_t>(figures["input_size"]),
+                      static_cast<std::int64_t>(figures["parameters"]), static_cast<std::int64_t>(figures["classes"])});
+    }
+  } catch (...) {
+    fs::remove_all(scratch_dir);
+    throw;
+  }
+  fs::remove_all(scratch_dir);
+
+  // Speed-ups are against one process when it was run, else against the first count.
+  const auto base_it = std::find_if(rows.begin(), rows.end(), [](const ProcessesRow& r) { return r.processes == 1; });
+  const ProcessesRow& base = base_it != rows.end() ? *base_it : rows.front();
+  std::cout << "machine: " << machine_description(base.processes * base.threads) << ", device " << g.settings.device
+            << "\n";
+  std::cout << fmt::format("training step (forward, backward, gradient all-reduce, SGD) of backbone {} (input {}x{}, "
+                           "{} parameters), head {} ({} classes), global batch {}{}; one admis launch per row\n\n",
+                           backbone_name, base.input_size, base.input_size, base.parameters, head_name, base.classes,
+                           batch, sync_batch_norm ? ", synchronised batch norm" : "");
+  std::cout << fmt::format("| processes x threads | images/s | speed-up vs {} process{} | all-reduce wait ms/step |\n",
+                           base.processes, base.processes == 1 ? "" : "es");
+  std::cout << "|---|---|---|---|\n";
+  for (const ProcessesRow& r : rows)
+    std::cout << fmt::format("| {} x {} | {} | {:.2f}x | {} |\n", r.processes, r.threads,
+                             // a slow machine's figure keeps its digits
+                             fmt::format("{:.{}f}", r.images_per_s, r.images_per_s >= 1 ? 1 : 3),
+                             r.images_per_s / base.images_per_s,
+                             r.processes == 1 ? std::string("-")
+                                              : fmt::format("{:.1f} ({:.1f}% of the step)", 1000 * r.allreduce_s,
+                                                            100 * r.allreduce_s / r.step_s));
+  return 0;
+}
+
 }  // namespace
 
 std::string machine_description(int threads) {
@@ -189,6 +375,8 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   std::string data, denoiser_name, scheduler_name = "ddim-admis", contexts_name;
   std::vector<std::string> augmenter_entries, denoiser_sets, scheduler_sets, contexts_sets;
   int latent_size = 32, sample_steps = 50;
+  std::string processes, result_file;
+  bool sync_batch_norm = false;
   own.add_options()("backbone", po::value<std::string>(&backbone_name)->default_value("ir"), "backbone plugin")(
       "set", po::value<std::vector<std::string>>(&backbone_sets)->composing(), "backbone parameter=value (YAML)")(
       "head", po::value<std::string>(&head_name)->default_value("arcface"), "head plugin for the training step")(
@@ -212,14 +400,24 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
       "contexts", po::value<std::string>(&contexts_name),
       "time building this context source and reading all its contexts (e.g. ddpm-faces)")(
       "contexts-set", po::value<std::vector<std::string>>(&contexts_sets)->composing(),
-      "context source parameter=value (YAML; nested plugins as {plugin: NAME, params: {...}})");
+      "context source parameter=value (YAML; nested plugins as {plugin: NAME, params: {...}})")(
+      "processes", po::value<std::string>(&processes),
+      "time the training step data-parallel once per process count, e.g. 1,2 (each an admis launch job)")(
+      "result-file", po::value<std::string>(&result_file),
+      "also write the training step's figures to this file (key=value lines; rank 0)")(
+      "sync-batch-norm", po::bool_switch(&sync_batch_norm),
+      "data-parallel: batch norm over the global batch (train_recognition's sync_batch_norm)");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse(args, own, pos, g, vm,
              "usage: admis bench [--backbone NAME --set k=v ...] [--head NAME --head-set k=v ...] [--batch-size B]\n"
              "                  [--data FORMAT:PATH [--augmenter E ...] [--workers N] [--data-batches K]]\n"
+             "                  [--processes N,M,...] [--sync-batch-norm]\n"
              "Measures backbone forward (inference) and forward+backward+SGD step (training) throughput,\n"
              "and with --data the data pipeline alone (read, decode, augment, batch on background threads).\n"
+             "Under admis launch the training step runs data-parallel (the global batch B split across the\n"
+             "processes, gradients all-reduced) and rank 0 reports images/s and the all-reduce wait per step;\n"
+             "--processes 1,2 runs one such launch per process count and prints a table of them.\n"
              "       admis bench --denoiser NAME [--denoiser-set k=v ...] [--latent-size S] [--batch-size B] [--sample-steps N]\n"
              "                  [--scheduler NAME --scheduler-set k=v ...]\n"
              "Measures the denoiser's forward pass at batch 1 and B and the sampled images/s of a sampling run\n"
@@ -227,6 +425,13 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
              "       admis bench --contexts NAME [--contexts-set k=v ...]\n"
              "Measures building a context source and reading its contexts (contexts/s)."))
     return 0;
+  std::vector<int> process_counts;
+  if (vm.count("processes")) {
+    process_counts = parse_process_counts(processes);
+    if (!contexts_name.empty() || !denoiser_name.empty() || !data.empty() || !result_file.empty())
+      throw Error("admis bench", "--processes times the backbone's training step; it does not combine with "
+                                 "--contexts, --denoiser, --data or --result-file");
+  }
   if (!contexts_name.empty()) return bench_contexts(contexts_name, contexts_sets, g);
   if (!denoiser_name.empty())
     return bench_denoiser(denoiser_name, denoiser_sets, scheduler_name, scheduler_sets, latent_size, batch, sample_steps,
@@ -235,6 +440,11 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
     throw Error("admis bench", "--batch-size and --iterations must be at least 1, --warmup at least 0");
   if (workers < 0 || data_batches < 1)
     throw Error("admis bench", "--workers must be at least 0 and --data-batches at least 1");
+  if (!process_counts.empty()) {
+    if (dist_env_from_environment().distributed())
+      throw Error("admis bench", "--processes starts admis launch itself; run it in one process, not under a launch");
+    return bench_processes(process_counts, args, own, g, backbone_name, head_name, batch, sync_batch_norm);
+  }
 
   Registry registry;
   registry.discover(g.plugin_paths);
@@ -247,57 +457,118 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   if (!head_raw.count("in_features")) head_raw["in_features"] = Value(backbone->embedding_size());
   auto head = std::dynamic_pointer_cast<Head>(runtime.create(Kind::Head, head_name, head_raw));
 
+  // Under admis launch (or torchrun, Slurm) the training step runs data-parallel: this
+  // rank's share of the global batch, as train_recognition splits it. Only rank 0 reports.
+  const std::shared_ptr<Distributed> dist = world(runtime.device());
+  const bool report = dist->is_main();
+  const int ranks = dist->world_size();
+  if (dist->active() && !data.empty())
+    throw Error("admis bench", "--data times the data pipeline of one process; run it without admis launch");
+  const auto [share_begin, share_end] = rank_share(batch, dist->rank(), ranks);
+  const std::int64_t local = share_end - share_begin;
+  SynchronisedBatchNorm synchronised;
+  if (sync_batch_norm) {
+    if (batch < ranks)
+      throw Error("admis bench", fmt::format("--sync-batch-norm needs a --batch-size of at least the {} processes",
+                                             ranks));
+    synchronised.attach(dist, backbone->module());
+  }
+
   const auto size = backbone->input_size();
   const auto options = torch::TensorOptions().device(runtime.device());
-  auto images = torch::rand({batch, 3, size, size}, options) * 2 - 1;
-  auto labels = torch::randint(0, head->out_features(), {batch}, options.dtype(torch::kInt64));
+  auto images = torch::rand({local, 3, size, size}, options) * 2 - 1;
+  auto labels = torch::randint(0, head->out_features(), {local}, options.dtype(torch::kInt64));
   auto sync = [&] {
     if (runtime.device().is_cuda()) torch::cuda::synchronize();
   };
 
-  std::cout << "machine: " << machine_description(runtime.threads()) << ", device " << runtime.device() << "\n";
-  std::cout << fmt::format("backbone {} (input {}x{}, {} parameters), head {} ({} classes), batch {}\n", backbone_name,
-                           size, size,
-                           [&] {
-                             std::int64_t n = 0;
-                             for (const auto& p : backbone->module().parameters()) n += p.numel();
-                             return n;
-                           }(),
-                           head_name, head->out_features(), batch);
+  std::int64_t backbone_parameters = 0;
+  for (const auto& p : backbone->module().parameters()) backbone_parameters += p.numel();
+  if (report) {
+    std::cout << "machine: " << machine_description(runtime.threads()) << ", device " << runtime.device() << "\n";
+    std::cout << fmt::format("backbone {} (input {}x{}, {} parameters), head {} ({} classes), batch {}\n",
+                             backbone_name, size, size, backbone_parameters, head_name, head->out_features(), batch);
+    if (dist->active())
+      std::cout << fmt::format("data-parallel: {} processes x {} threads, global batch {} ({} per process){}\n",
+                               ranks, runtime.threads(), batch,
+                               batch % ranks == 0 ? fmt::format("{}", batch / ranks)
+                                                  : fmt::format("{}-{}", batch / ranks, batch / ranks + 1),
+                               synchronised.active() ? ", synchronised batch norm" : "");
+  }
 
-  backbone->module().eval();
-  const double inference = seconds_per_run(
-      [&] {
-        torch::InferenceMode guard;
-        backbone->forward(images);
-        sync();
-      },
-      warmup, iterations);
-  std::cout << fmt::format("  forward (eval, inference mode)      {:8.1f} images/s  ({:.3f} s/batch)\n",
-                           batch / inference, inference);
+  if (!dist->active()) {
+    backbone->module().eval();
+    const double inference = seconds_per_run(
+        [&] {
+          torch::InferenceMode guard;
+          backbone->forward(images);
+          sync();
+        },
+        warmup, iterations);
+    std::cout << fmt::format("  forward (eval, inference mode)      {:8.1f} images/s  ({:.3f} s/batch)\n",
+                             batch / inference, inference);
+  } else if (report) {
+    std::cout << "  forward (eval, inference mode)      not timed data-parallel: run admis bench in one process\n";
+  }
 
+  // train_recognition's step: every rank starts from rank 0's weights; each weights its
+  // loss by its share of the global batch, so the averaged gradient is the whole batch's;
+  // SGD with momentum and TFace's weight-decay groups. In one process the reducer does nothing.
   backbone->module().train();
   head->module().train();
-  std::vector<torch::Tensor> parameters = backbone->module().parameters();
-  for (const auto& p : head->module().parameters()) parameters.push_back(p);
-  torch::optim::SGD sgd(parameters, torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(5e-4));
-  const double training = seconds_per_run(
-      [&] {
-        sgd.zero_grad();
-        auto loss = torch::nn::functional::cross_entropy(head->forward(backbone->forward(images), labels).logits, labels);
-        loss.backward();
-        sgd.step();
-        sync();
-      },
-      warmup, iterations);
-  std::cout << fmt::format("  forward+backward+SGD step (train)   {:8.1f} images/s  ({:.3f} s/batch)\n",
-                           batch / training, training);
+  broadcast_module(*dist, backbone->module(), "backbone");
+  broadcast_module(*dist, head->module(), "head");
+  std::vector<torch::Tensor> model_params = backbone->module().parameters();
+  for (const auto& p : head->module().parameters()) model_params.push_back(p);
+  GradientReducer reducer(dist, model_params);
+  SgdMomentum sgd(tface_param_groups(backbone->module(), head->module(), 5e-4), 0.9);
+  const double share = static_cast<double>(local * ranks) / static_cast<double>(batch);
+  auto step = [&] {
+    sgd.zero_grad();
+    reducer.prepare();
+    if (local > 0) {  // a rank with an empty share (batch < processes) only joins the averaging
+      auto loss = torch::nn::functional::cross_entropy(head->forward(backbone->forward(images), labels).logits, labels);
+      (share == 1.0 ? loss : loss * share).backward();
+    }
+    reducer.finish();
+    sgd.step(0.1);
+    sync();
+  };
+  for (int i = 0; i < warmup; ++i) step();
+  dist->barrier("the start of the timed training steps");
+  const double wait_before = reducer.wait_seconds();
+  const auto start = Clock::now();
+  for (int i = 0; i < iterations; ++i) step();
+  // The slowest rank's time is the job's; the all-reduce wait is the mean over the ranks
+  // (a rank that finishes backward first waits longest).
+  torch::Tensor elapsed =
+      torch::tensor({std::chrono::duration<double>(Clock::now() - start).count()}, torch::kFloat64);
+  dist->all_reduce_max(elapsed, "the slowest rank's time of the training steps");
+  torch::Tensor waited = torch::tensor({reducer.wait_seconds() - wait_before}, torch::kFloat64);
+  dist->all_reduce_sum(waited, "the sum of the ranks' all-reduce waits");
+  const double training = elapsed.item<double>() / iterations;
+  const double allreduce = waited.item<double>() / ranks / iterations;
+  if (report) {
+    std::cout << fmt::format("  forward+backward+SGD step (train)   {:8.1f} images/s  ({:.3f} s/batch{})\n",
+                             batch / training, training, dist->active() ? ", all processes" : "");
+    if (dist->active())
+      std::cout << fmt::format("  gradient all-reduce wait            {:8.1f} ms/step   ({:.1f}% of the step, "
+                               "{} bucket(s), mean over ranks)\n",
+                               1000 * allreduce, 100 * allreduce / training, reducer.bucket_count());
+    if (!result_file.empty())
+      write_file_atomic(result_file,
+                        fmt::format("processes={}\nthreads={}\nbatch={}\nimages_per_s={:.6g}\nstep_s={:.6g}\n"
+                                    "allreduce_s={:.6g}\nbuckets={}\ninput_size={}\nparameters={}\nclasses={}\n",
+                                    ranks, runtime.threads(), batch, batch / training, training, allreduce,
+                                    reducer.bucket_count(), size, backbone_parameters, head->out_features()));
+  }
   if (!data.empty()) {
     const double pipeline = data_pipeline_images_per_second(data, augmenter_entries, workers, data_batches, batch,
                                                             size, runtime, g.settings.seed);
     std::cout << fmt::format("  data pipeline alone ({} workers)     {:8.1f} images/s  ({:.1f}x the training step)\n",
                              workers, pipeline, pipeline * training / batch);
   }
+  dist->farewell("the end of admis bench");
   return 0;
 }
 
