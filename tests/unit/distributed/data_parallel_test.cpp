@@ -144,19 +144,8 @@ TEST(DataParallel, GradientReducerAveragesInBuckets) {
 
 namespace {
 
-TrainOptions parallel_options() {
-  TrainOptions o;
-  o.epochs = 2;
-  o.batch_size = 7;  // 30 samples: 7,7,7,7,2 -> shares 4/3 and 1/1 on two ranks
-  o.lr = 0.05;
-  o.stages = {1};
-  o.warmup_steps = 2;
-  o.workers = 0;
-  o.seed = 5;
-  o.log_every = 3;
-  o.bucket_bytes = 4096;  // several buckets for this small model
-  return o;
-}
+// 30 samples (ToyReader(6, 5)) in batches of 7: 7,7,7,7,2 -> shares 4/3 and 1/1 on two ranks.
+TrainOptions parallel_options() { return test::parallel_train_options(7); }
 
 std::shared_ptr<Head> make_head(const std::string& name) {
   return test::create<Head>(Kind::Head, name, {{"in_features", std::int64_t{32}}, {"out_features", std::int64_t{6}}});

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "admis/host/distributed.h"
+#include "admis/host/train_recognition.h"
 #include "admis/sdk.h"
 #include "support/support.h"
 #include "unit/train/toy.h"
@@ -62,6 +63,22 @@ struct PlainNetImpl : torch::nn::Module {
 TORCH_MODULE(PlainNet);
 
 using PlainBackbone = NetBackbone<PlainNet>;
+
+// Two short epochs of the toy recognition task for comparing data-parallel training with
+// one process: several gradient buckets for the small test models, no decoding threads.
+inline host::TrainOptions parallel_train_options(std::int64_t batch_size) {
+  host::TrainOptions o;
+  o.epochs = 2;
+  o.batch_size = batch_size;
+  o.lr = 0.05;
+  o.stages = {1};
+  o.warmup_steps = 2;
+  o.workers = 0;
+  o.seed = 5;
+  o.log_every = 3;
+  o.bucket_bytes = 4096;
+  return o;
+}
 
 // This test program's own path, for tests that start it again as a worker.
 inline std::string self_exe() {

@@ -41,19 +41,10 @@ TORCH_MODULE(SyncNet);
 using SyncBackbone = test::NetBackbone<SyncNet>;
 
 TrainOptions options(bool sync) {
-  TrainOptions o;
-  o.epochs = 2;
   // 30 samples: 9,9,9,3 -> 2 ranks 5/4 ... 2/1; 4 ranks 3/2/2/2 ... 1/1/1/0. (A last batch
   // of 2 would make the embedding's BatchNorm1d degenerate: two rows normalise to +-1
   // whatever they are, so its input gradient is rounding noise.)
-  o.batch_size = 9;
-  o.lr = 0.05;
-  o.stages = {1};
-  o.warmup_steps = 2;
-  o.workers = 0;
-  o.seed = 5;
-  o.log_every = 5;
-  o.bucket_bytes = 4096;  // several buckets, started during backward
+  TrainOptions o = test::parallel_train_options(9);
   o.sync_batch_norm = sync;
   return o;
 }

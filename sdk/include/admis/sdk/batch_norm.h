@@ -126,6 +126,8 @@ class SynchronisableBatchNormImpl
  public:
   explicit SynchronisableBatchNormImpl(const torch::nn::BatchNormOptions& options)
       : torch::nn::NormImplBase<kMaxDim - 2, Derived, torch::nn::BatchNormOptions>(options) {}
+  explicit SynchronisableBatchNormImpl(std::int64_t num_features)
+      : SynchronisableBatchNormImpl(torch::nn::BatchNormOptions(num_features)) {}
 
   void pretty_print(std::ostream& stream) const override {
     const auto& o = this->options;
@@ -168,8 +170,6 @@ class SynchronisableBatchNormImpl
 class ADMIS_SDK_API BatchNorm1dImpl : public SynchronisableBatchNormImpl<BatchNorm1dImpl, 2, 3, '1'> {
  public:
   using SynchronisableBatchNormImpl::SynchronisableBatchNormImpl;
-  explicit BatchNorm1dImpl(std::int64_t num_features)
-      : SynchronisableBatchNormImpl(torch::nn::BatchNormOptions(num_features)) {}
 };
 TORCH_MODULE(BatchNorm1d);
 
@@ -177,8 +177,6 @@ TORCH_MODULE(BatchNorm1d);
 class ADMIS_SDK_API BatchNorm2dImpl : public SynchronisableBatchNormImpl<BatchNorm2dImpl, 4, 4, '2'> {
  public:
   using SynchronisableBatchNormImpl::SynchronisableBatchNormImpl;
-  explicit BatchNorm2dImpl(std::int64_t num_features)
-      : SynchronisableBatchNormImpl(torch::nn::BatchNormOptions(num_features)) {}
 };
 TORCH_MODULE(BatchNorm2d);
 
