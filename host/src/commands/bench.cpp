@@ -24,6 +24,7 @@
 #include "admis/host/convert.h"
 #include "admis/host/data_loader.h"
 #include "admis/host/distributed.h"
+#include "admis/host/distributed_head.h"
 #include "admis/host/distributed_reducer.h"
 #include "admis/host/generation.h"
 #include "admis/host/manifest.h"
@@ -31,6 +32,7 @@
 #include "admis/host/runtime.h"
 #include "admis/host/text.h"
 #include "admis/host/train_recognition.h"
+#include "admis/host/weights.h"
 
 namespace fs = boost::filesystem;
 namespace po = boost::program_options;
@@ -187,6 +189,15 @@ int bench_contexts(const std::string& name, std::vector<std::string> sets, Globa
 }
 
 
+// This process's peak resident memory (VmHWM) in MB; 0 where /proc does not say.
+double peak_resident_megabytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // "VmHWM:  123456 kB"
+  return 0;
+}
+
 // "1,2" -> {1, 2}: the process counts of --processes.
 std::vector<int> parse_process_counts(const std::string& text) {
   const Error bad("admis bench", fmt::format("--processes must be a comma-separated list of process counts, each "
@@ -251,6 +262,7 @@ struct ProcessesRow {
   double images_per_s = 0;
   double step_s = 0;
   double allreduce_s = 0;
+  double peak_mb = 0, others_peak_mb = 0;
   std::int64_t input_size = 0, parameters = 0, classes = 0;
 };
 
@@ -260,7 +272,7 @@ struct ProcessesRow {
 int bench_processes(const std::vector<int>& counts, const std::vector<std::string>& args,
                     const po::options_description& own, Globals& g,
                     const std::string& backbone_name, const std::string& head_name, int batch,
-                    bool sync_batch_norm) {
+                    bool sync_batch_norm, bool shard_head) {
   // The bench options as given, less --processes and the global options, which go to
   // launch (it passes them on to every worker, and divides the cores only when --threads
   // is not among them).
@@ -323,11 +335,13 @@ int bench_processes(const std::vector<int>& counts, const std::vector<std::strin
         }
       }
       for (const char* key :
-           {"processes", "threads", "images_per_s", "step_s", "allreduce_s", "input_size", "parameters", "classes"})
+           {"processes", "threads", "images_per_s", "step_s", "allreduce_s", "input_size", "parameters", "classes",
+            "peak_mb", "others_peak_mb"})
         if (!figures.count(key))
           throw Error(result, fmt::format("the run with {} process(es) wrote no {}", count, key));
       rows.push_back({static_cast<int>(figures["processes"]), static_cast<int>(figures["threads"]),
-                      figures["images_per_s"], figures["step_s"], figures["allreduce_s"],
+                      figures["images_per_s"], figures["step_s"], figures["allreduce_s"], figures["peak_mb"],
+                      figures["others_peak_mb"],
                       static_cast<std::int64_t>(figures["input_size"]),
                       static_cast<std::int64_t>(figures["parameters"]), static_cast<std::int64_t>(figures["classes"])});
     }
@@ -345,18 +359,23 @@ int bench_processes(const std::vector<int>& counts, const std::vector<std::strin
   std::cout << fmt::format("training step (forward, backward, gradient all-reduce, SGD) of backbone {} (input {}x{}, "
                            "{} parameters), head {} ({} classes), global batch {}{}; one admis launch per row\n\n",
                            backbone_name, base.input_size, base.input_size, base.parameters, head_name, base.classes,
-                           batch, sync_batch_norm ? ", synchronised batch norm" : "");
-  std::cout << fmt::format("| processes x threads | images/s | speed-up vs {} process{} | all-reduce wait ms/step |\n",
+                           batch,
+                           std::string(sync_batch_norm ? ", synchronised batch norm" : "") +
+                               (shard_head ? ", class-sharded head" : ""));
+  std::cout << fmt::format("| processes x threads | images/s | speed-up vs {} process{} | all-reduce wait ms/step | "
+                           "peak memory MB (rank 0 / others) |\n",
                            base.processes, base.processes == 1 ? "" : "es");
-  std::cout << "|---|---|---|---|\n";
+  std::cout << "|---|---|---|---|---|\n";
   for (const ProcessesRow& r : rows)
-    std::cout << fmt::format("| {} x {} | {} | {:.2f}x | {} |\n", r.processes, r.threads,
+    std::cout << fmt::format("| {} x {} | {} | {:.2f}x | {} | {} |\n", r.processes, r.threads,
                              // a slow machine's figure keeps its digits
                              fmt::format("{:.{}f}", r.images_per_s, r.images_per_s >= 1 ? 1 : 3),
                              r.images_per_s / base.images_per_s,
                              r.processes == 1 ? std::string("-")
                                               : fmt::format("{:.1f} ({:.1f}% of the step)", 1000 * r.allreduce_s,
-                                                            100 * r.allreduce_s / r.step_s));
+                                                            100 * r.allreduce_s / r.step_s),
+                             r.processes == 1 ? fmt::format("{:.0f}", r.peak_mb)
+                                              : fmt::format("{:.0f} / {:.0f}", r.peak_mb, r.others_peak_mb));
   return 0;
 }
 
@@ -376,7 +395,7 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   std::vector<std::string> augmenter_entries, denoiser_sets, scheduler_sets, contexts_sets;
   int latent_size = 32, sample_steps = 50;
   std::string processes, result_file;
-  bool sync_batch_norm = false;
+  bool sync_batch_norm = false, shard_head = false;
   own.add_options()("backbone", po::value<std::string>(&backbone_name)->default_value("ir"), "backbone plugin")(
       "set", po::value<std::vector<std::string>>(&backbone_sets)->composing(), "backbone parameter=value (YAML)")(
       "head", po::value<std::string>(&head_name)->default_value("arcface"), "head plugin for the training step")(
@@ -406,13 +425,15 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
       "result-file", po::value<std::string>(&result_file),
       "also write the training step's figures to this file (key=value lines; rank 0)")(
       "sync-batch-norm", po::bool_switch(&sync_batch_norm),
-      "data-parallel: batch norm over the global batch (train_recognition's sync_batch_norm)");
+      "data-parallel: batch norm over the global batch (train_recognition's sync_batch_norm)")(
+      "shard-head", po::bool_switch(&shard_head),
+      "data-parallel: the head's classifier split across the processes (train_recognition's shard_head)");
   po::positional_options_description pos;
   po::variables_map vm;
   if (!parse(args, own, pos, g, vm,
              "usage: admis bench [--backbone NAME --set k=v ...] [--head NAME --head-set k=v ...] [--batch-size B]\n"
              "                  [--data FORMAT:PATH [--augmenter E ...] [--workers N] [--data-batches K]]\n"
-             "                  [--processes N,M,...] [--sync-batch-norm]\n"
+             "                  [--processes N,M,...] [--sync-batch-norm] [--shard-head]\n"
              "Measures backbone forward (inference) and forward+backward+SGD step (training) throughput,\n"
              "and with --data the data pipeline alone (read, decode, augment, batch on background threads).\n"
              "Under admis launch the training step runs data-parallel (the global batch B split across the\n"
@@ -443,7 +464,7 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   if (!process_counts.empty()) {
     if (dist_env_from_environment().distributed())
       throw Error("admis bench", "--processes starts admis launch itself; run it in one process, not under a launch");
-    return bench_processes(process_counts, args, own, g, backbone_name, head_name, batch, sync_batch_norm);
+    return bench_processes(process_counts, args, own, g, backbone_name, head_name, batch, sync_batch_norm, shard_head);
   }
 
   Registry registry;
@@ -455,11 +476,25 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   auto head_raw =
       parse_set_options(head_sets, registry.get(Kind::Head, head_name).factory->params, registry, "head/" + head_name);
   if (!head_raw.count("in_features")) head_raw["in_features"] = Value(backbone->embedding_size());
-  auto head = std::dynamic_pointer_cast<Head>(runtime.create(Kind::Head, head_name, head_raw));
 
   // Under admis launch (or torchrun, Slurm) the training step runs data-parallel: this
   // rank's share of the global batch, as train_recognition splits it. Only rank 0 reports.
   const std::shared_ptr<Distributed> dist = world(runtime.device());
+  // The head plugin on every rank; class-sharded, as train_recognition does it: on rank 0
+  // alone and on the CPU, each rank holding its columns of the classifier.
+  std::shared_ptr<Head> head;
+  if (!shard_head || dist->is_main()) {
+    head = std::dynamic_pointer_cast<Head>(runtime.create(Kind::Head, head_name, head_raw));
+    if (shard_head && dist->active()) head->module().to(torch::kCPU);
+  }
+  const std::int64_t classes = rank0_value(*dist, head ? head->out_features() : 0, "the head's class count");
+  std::shared_ptr<ShardedMarginHead> sharded;
+  if (shard_head) {
+    sharded = std::make_shared<ShardedMarginHead>(dist, backbone->embedding_size(), classes,
+                                                  sharded_head_options(head_name, head_raw, "--shard-head"));
+    sharded->scatter_full_state(dist->is_main() ? cpu_state_dict(head->module()) : StateDict{}, "the initial head");
+    sharded->module().to(runtime.device());
+  }
   const bool report = dist->is_main();
   const int ranks = dist->world_size();
   if (dist->active() && !data.empty())
@@ -477,7 +512,7 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   const auto size = backbone->input_size();
   const auto options = torch::TensorOptions().device(runtime.device());
   auto images = torch::rand({local, 3, size, size}, options) * 2 - 1;
-  auto labels = torch::randint(0, head->out_features(), {local}, options.dtype(torch::kInt64));
+  auto labels = torch::randint(0, classes, {local}, options.dtype(torch::kInt64));
   auto sync = [&] {
     if (runtime.device().is_cuda()) torch::cuda::synchronize();
   };
@@ -487,13 +522,16 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   if (report) {
     std::cout << "machine: " << machine_description(runtime.threads()) << ", device " << runtime.device() << "\n";
     std::cout << fmt::format("backbone {} (input {}x{}, {} parameters), head {} ({} classes), batch {}\n",
-                             backbone_name, size, size, backbone_parameters, head_name, head->out_features(), batch);
+                             backbone_name, size, size, backbone_parameters, head_name, classes, batch);
     if (dist->active())
       std::cout << fmt::format("data-parallel: {} processes x {} threads, global batch {} ({} per process){}\n",
                                ranks, runtime.threads(), batch,
                                batch % ranks == 0 ? fmt::format("{}", batch / ranks)
                                                   : fmt::format("{}-{}", batch / ranks, batch / ranks + 1),
-                               synchronised.active() ? ", synchronised batch norm" : "");
+                               std::string(synchronised.active() ? ", synchronised batch norm" : "") +
+                                   (sharded ? fmt::format(", class-sharded head ({} classes on rank 0)",
+                                                          sharded->class_end() - sharded->class_begin())
+                                            : std::string()));
   }
 
   if (!dist->active()) {
@@ -514,19 +552,28 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   // train_recognition's step: every rank starts from rank 0's weights; each weights its
   // loss by its share of the global batch, so the averaged gradient is the whole batch's;
   // SGD with momentum and TFace's weight-decay groups. In one process the reducer does nothing.
+  // A sharded head's loss is already the mean over all ranks' rows: the backbone's
+  // gradients are summed, not averaged, and its columns are each rank's own.
+  torch::nn::Module& head_module = sharded ? sharded->module() : head->module();
   backbone->module().train();
-  head->module().train();
+  head_module.train();
   broadcast_module(*dist, backbone->module(), "backbone");
-  broadcast_module(*dist, head->module(), "head");
+  if (!sharded) broadcast_module(*dist, head->module(), "head");
   std::vector<torch::Tensor> model_params = backbone->module().parameters();
-  for (const auto& p : head->module().parameters()) model_params.push_back(p);
-  GradientReducer reducer(dist, model_params);
-  SgdMomentum sgd(tface_param_groups(backbone->module(), head->module(), 5e-4), 0.9);
+  if (!sharded)
+    for (const auto& p : head->module().parameters()) model_params.push_back(p);
+  GradientReducer reducer(dist, model_params, 25 * 1024 * 1024, /*average=*/!sharded);
+  SgdMomentum sgd(tface_param_groups(backbone->module(), head_module, 5e-4), 0.9);
   const double share = static_cast<double>(local * ranks) / static_cast<double>(batch);
   auto step = [&] {
     sgd.zero_grad();
     reducer.prepare();
-    if (local > 0) {  // a rank with an empty share (batch < processes) only joins the averaging
+    if (sharded) {  // every rank joins the head's collectives, also with an empty share
+      const torch::Tensor embeddings =
+          local > 0 ? backbone->forward(images)
+                    : torch::zeros({0, backbone->embedding_size()}, options).requires_grad_(true);
+      sharded->forward(embeddings, labels).loss.backward();
+    } else if (local > 0) {  // a rank with an empty share (batch < processes) only joins the averaging
       auto loss = torch::nn::functional::cross_entropy(head->forward(backbone->forward(images), labels).logits, labels);
       (share == 1.0 ? loss : loss * share).backward();
     }
@@ -548,6 +595,11 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
   dist->all_reduce_sum(waited, "the sum of the ranks' all-reduce waits");
   const double training = elapsed.item<double>() / iterations;
   const double allreduce = waited.item<double>() / ranks / iterations;
+  // Peak resident memory: rank 0's, and the largest of the other ranks'.
+  const double peak_mb = peak_resident_megabytes();
+  torch::Tensor others_peak = torch::tensor({dist->is_main() ? 0.0 : peak_mb}, torch::kFloat64);
+  dist->all_reduce_max(others_peak, "the largest peak memory of the other ranks");
+  const double others_peak_mb = others_peak.item<double>();
   if (report) {
     std::cout << fmt::format("  forward+backward+SGD step (train)   {:8.1f} images/s  ({:.3f} s/batch{})\n",
                              batch / training, training, dist->active() ? ", all processes" : "");
@@ -555,12 +607,17 @@ int cmd_bench(const std::vector<std::string>& args, Globals& g) {
       std::cout << fmt::format("  gradient all-reduce wait            {:8.1f} ms/step   ({:.1f}% of the step, "
                                "{} bucket(s), mean over ranks)\n",
                                1000 * allreduce, 100 * allreduce / training, reducer.bucket_count());
+    std::cout << fmt::format("  peak resident memory                {:8.0f} MB{}\n", peak_mb,
+                             dist->active() ? fmt::format(" on rank 0, at most {:.0f} MB on the others", others_peak_mb)
+                                            : std::string());
     if (!result_file.empty())
       write_file_atomic(result_file,
                         fmt::format("processes={}\nthreads={}\nbatch={}\nimages_per_s={:.6g}\nstep_s={:.6g}\n"
-                                    "allreduce_s={:.6g}\nbuckets={}\ninput_size={}\nparameters={}\nclasses={}\n",
+                                    "allreduce_s={:.6g}\nbuckets={}\ninput_size={}\nparameters={}\nclasses={}\n"
+                                    "peak_mb={:.6g}\nothers_peak_mb={:.6g}\n",
                                     ranks, runtime.threads(), batch, batch / training, training, allreduce,
-                                    reducer.bucket_count(), size, backbone_parameters, head->out_features()));
+                                    reducer.bucket_count(), size, backbone_parameters, classes, peak_mb,
+                                    others_peak_mb));
   }
   if (!data.empty()) {
     const double pipeline = data_pipeline_images_per_second(data, augmenter_entries, workers, data_batches, batch,

@@ -94,6 +94,25 @@ torch::Tensor l2_norms(const torch::Tensor& t, std::int64_t dim) {
 
 }  // namespace
 
+ShardedHeadOptions sharded_head_options(const std::string& head_name, const std::map<std::string, Value>& params,
+                                        const std::string& key) {
+  const auto& choices = sharded_margin_choices();
+  if (std::find(choices.begin(), choices.end(), head_name) == choices.end())
+    throw Error(key, fmt::format("head/{} has no class-sharded form; {} works with head {}", head_name, key,
+                                 fmt::join(choices, ", ")));
+  auto param = [&](const char* name, const Value& fallback) {
+    const auto it = params.find(name);
+    return it == params.end() || it->second.empty() ? fallback : it->second;
+  };
+  ShardedHeadOptions h;
+  h.margin_type = head_name;
+  h.scale = param("scale", h.scale).as<double>();
+  h.margin = param("margin", h.margin).as<double>();
+  if (head_name == "arcface") h.easy_margin = param("easy_margin", h.easy_margin).as<bool>();
+  if (head_name == "curricularface") h.alpha = param("alpha", h.alpha).as<double>();
+  return h;
+}
+
 ShardedMarginHead::ShardedMarginHead(std::shared_ptr<Distributed> dist, std::int64_t in_features, std::int64_t classes,
                                      ShardedHeadOptions options)
     : dist_(std::move(dist)), in_features_(in_features), classes_(classes), options_(std::move(options)) {

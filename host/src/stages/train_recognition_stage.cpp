@@ -19,24 +19,10 @@ namespace {
 // The class-sharded counterpart of the manifest's head plugin, with its margin parameters.
 std::shared_ptr<ShardedMarginHead> sharded_head_for(const PluginSpec& spec, std::int64_t in_features,
                                                     std::int64_t classes, const TrainOptions& o) {
-  const auto& choices = sharded_margin_choices();
-  if (std::find(choices.begin(), choices.end(), spec.name) == choices.end())
-    throw Error("shard_head", fmt::format("head/{} has no class-sharded form; shard_head works with head {} (or set "
-                                          "shard_head: false)",
-                                          spec.name, join(choices, ", ")));
+  const ShardedHeadOptions h = sharded_head_options(spec.name, spec.params, "shard_head");
   if (o.label_smoothing != 0)
     throw Error("shard_head", "label_smoothing is not available with the sharded head; set label_smoothing: 0 or "
                               "shard_head: false");
-  auto param = [&](const char* name, const Value& fallback) {
-    const auto it = spec.params.find(name);
-    return it == spec.params.end() || it->second.empty() ? fallback : it->second;
-  };
-  ShardedHeadOptions h;
-  h.margin_type = spec.name;
-  h.scale = param("scale", h.scale).as<double>();
-  h.margin = param("margin", h.margin).as<double>();
-  if (spec.name == "arcface") h.easy_margin = param("easy_margin", h.easy_margin).as<bool>();
-  if (spec.name == "curricularface") h.alpha = param("alpha", h.alpha).as<double>();
   return std::make_shared<ShardedMarginHead>(o.distributed, in_features, classes, h);
 }
 

@@ -301,6 +301,7 @@ TrainSummary train_recognition(Backbone& backbone, Head* head, const DatasetRead
                                     sharded->classes(), sharded->in_features(), classes, backbone.embedding_size()));
     if (options.label_smoothing != 0)
       throw Error(kWho, "label_smoothing is not available with the sharded head; set it to 0");
+    sharded->module().to(device);  // this rank's columns, where the backbone computes
   }
   // Synchronised batch norm (SyncBatchNorm): every batch norm of the backbone normalises
   // with the global batch's statistics for as long as this run lasts.

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,12 @@ struct ShardedHeadOptions {
   bool easy_margin = false;             // arcface only
   double alpha = 0.1;                   // curricularface's running-mean momentum for t
 };
+
+// The sharded form of head plugin `head_name` (arcface, cosface, curricularface) with the
+// margin parameters among its `params` (the plugins' defaults for those not given). Throws
+// admis::Error, naming `key` (e.g. "shard_head"), for a head without a sharded form.
+ShardedHeadOptions sharded_head_options(const std::string& head_name, const std::map<std::string, Value>& params,
+                                        const std::string& key);
 
 class ShardedMarginHead {
  public:
