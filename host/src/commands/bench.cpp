@@ -25,6 +25,7 @@
 #include "admis/host/data_loader.h"
 #include "admis/host/distributed.h"
 #include "admis/host/distributed_head.h"
+#include "admis/host/distributed_launch.h"
 #include "admis/host/distributed_reducer.h"
 #include "admis/host/generation.h"
 #include "admis/host/manifest.h"
@@ -291,10 +292,7 @@ int bench_processes(const std::vector<int>& counts, const std::vector<std::strin
     }
     bench_args.insert(bench_args.end(), option.original_tokens.begin(), option.original_tokens.end());
   }
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) throw Error("admis bench", fmt::format("cannot find the admis executable: {}", std::strerror(errno)));
-  const std::string exe(self, static_cast<std::size_t>(n));
+  const std::string exe = admis_executable("admis bench");
 
   const fs::path scratch_dir = fs::temp_directory_path() / fs::unique_path("admis-bench-%%%%-%%%%");
   fs::create_directories(scratch_dir);

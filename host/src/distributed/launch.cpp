@@ -189,6 +189,13 @@ int launch_workers(const LaunchOptions& o, std::ostream& log) {
   return 0;
 }
 
+std::string admis_executable(const std::string& who) {
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) throw Error(who, fmt::format("cannot find the admis executable: {}", std::strerror(errno)));
+  return std::string(self, static_cast<std::size_t>(n));
+}
+
 int cmd_launch(const std::vector<std::string>& args, Globals&) {
   const std::string usage =
       "usage: admis [global options] launch --nproc-per-node N [--master-port P] [--master-addr HOST]\n"
@@ -255,10 +262,7 @@ int cmd_launch(const std::vector<std::string>& args, Globals&) {
   if (no_admis) {
     o.command = command;
   } else {
-    char self[4096];
-    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-    if (n <= 0) throw Error(kWho, fmt::format("cannot find the admis executable: {}", std::strerror(errno)));
-    o.command = {std::string(self, static_cast<std::size_t>(n))};
+    o.command = {admis_executable(kWho)};
     o.command.insert(o.command.end(), passed.begin(), passed.end());
     if (!threads_chosen) {
       o.command.push_back("--threads");

@@ -32,6 +32,10 @@ struct LaunchOptions {
 // status (128 + signal for a signal). Messages about the job go to `log`.
 int launch_workers(const LaunchOptions& options, std::ostream& log);
 
+// The path of the running admis executable (/proc/self/exe), for starting it again as a
+// worker; throws admis::Error naming `who` when it cannot be read.
+std::string admis_executable(const std::string& who);
+
 int cmd_launch(const std::vector<std::string>& args, Globals& g);
 
 }  // namespace admis::host
